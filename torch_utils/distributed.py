@@ -1,0 +1,84 @@
+"""Process-group setup for torchrun (single- or multi-node), and a plain single process.
+
+Under torchrun (WORLD_SIZE etc. set) the group uses nccl when the chosen device is CUDA and
+gloo otherwise. Without torchrun nothing is initialised and rank 0 of 1 is reported.
+"""
+
+import os
+
+import torch
+
+from . import training_stats
+
+_device = None
+
+#----------------------------------------------------------------------------
+
+
+def default_device(name=None) -> torch.device:
+    """The device to run on: `name` if given, else this rank's GPU if there is one, else CPU."""
+    if name is not None:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
+    return torch.device('cpu')
+
+
+def init(device=None) -> torch.device:
+    """Join the torchrun process group if launched by torchrun; return this process's device."""
+    global _device
+    _device = default_device(device)
+    if _device.type == 'cuda':
+        if _device.index is None:
+            _device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
+        torch.cuda.set_device(_device)
+    launched = 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
+    if launched and not torch.distributed.is_initialized():
+        backend = 'nccl' if _device.type == 'cuda' else 'gloo'
+        kwargs = dict(device_id=_device) if backend == 'nccl' else dict()
+        torch.distributed.init_process_group(backend=backend, init_method='env://', **kwargs)
+    sync_device = None
+    if get_world_size() > 1:
+        sync_device = _device if torch.distributed.get_backend() == 'nccl' else torch.device('cpu')
+    training_stats.init_multiprocessing(rank=get_rank(), sync_device=sync_device)
+    return _device
+
+
+def device() -> torch.device:
+    """The device chosen by init() (CPU if init() was not called)."""
+    return _device if _device is not None else torch.device('cpu')
+
+
+def get_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        torch.distributed.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (avoids a warning at exit)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def should_stop() -> bool:
+    """Hook for cluster schedulers that ask a job to stop early; never asks here."""
+    return False
+
+
+def update_progress(cur, total) -> None:
+    """Hook for cluster schedulers that track progress; does nothing here."""
+    _ = cur, total
+
+
+def print0(*args, **kwargs) -> None:
+    """print() on rank 0 only."""
+    if get_rank() == 0:
+        print(*args, **kwargs)
