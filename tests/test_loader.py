@@ -1,0 +1,52 @@
+import pickle
+import socket
+
+import pytest
+import torch
+
+from training.loader import NetworkLoadError, load_network
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, sigma, class_labels=None):
+        return x * self.w
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_loads_ema_from_dict(tmp_path):
+    path = tmp_path / 'net.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=Tiny(), loss_fn=None)))
+    net = load_network(str(path))
+    assert isinstance(net, Tiny) and not net.training and not net.w.requires_grad
+    net = load_network(path.as_uri())
+    assert isinstance(net, Tiny)
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing', 'no such file'),
+    ('garbage', 'not a network pickle'),
+    ('truncated', 'truncated'),
+    ('no_network', 'holds no network'),
+    ('unreachable', 'cannot connect'),
+])
+def test_load_errors_are_one_line(tmp_path, case, message):
+    path = tmp_path / 'net.pkl'
+    if case == 'garbage':
+        path.write_bytes(b'this is not a pickle at all')
+    elif case == 'truncated':
+        path.write_bytes(pickle.dumps(dict(ema=Tiny()))[:-40])
+    elif case == 'no_network':
+        path.write_bytes(pickle.dumps(dict(weights=[1, 2, 3])))
+    target = str(path) if case != 'unreachable' else f'http://127.0.0.1:{_closed_port()}/net.pkl'
+    with pytest.raises(NetworkLoadError, match=message) as info:
+        load_network(target)
+    assert '\n' not in str(info.value)
