@@ -22,11 +22,14 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-def test_loads_ema_from_dict(tmp_path):
+def test_custom_class_needs_allow_pickle_code(tmp_path, monkeypatch):
     path = tmp_path / 'net.pkl'
     path.write_bytes(pickle.dumps(dict(ema=Tiny(), loss_fn=None)))
-    net = load_network(str(path))
+    with pytest.raises(NetworkLoadError, match='refus.*test_loader.Tiny.*--allow-pickle-code'):
+        load_network(str(path))
+    net = load_network(str(path), allow_pickle_code=True)
     assert isinstance(net, Tiny) and not net.training and not net.w.requires_grad
+    monkeypatch.setenv('EDMKIT_ALLOW_PICKLE_CODE', '1')
     net = load_network(path.as_uri())
     assert isinstance(net, Tiny)
 
@@ -43,7 +46,7 @@ def test_load_errors_are_one_line(tmp_path, case, message):
     if case == 'garbage':
         path.write_bytes(b'this is not a pickle at all')
     elif case == 'truncated':
-        path.write_bytes(pickle.dumps(dict(ema=Tiny()))[:-40])
+        path.write_bytes(pickle.dumps(dict(ema=torch.nn.Linear(3, 3)))[:-40])
     elif case == 'no_network':
         path.write_bytes(pickle.dumps(dict(weights=[1, 2, 3])))
     target = str(path) if case != 'unreachable' else f'http://127.0.0.1:{_closed_port()}/net.pkl'

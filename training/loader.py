@@ -1,19 +1,40 @@
-"""The one network loader used by every command-line tool."""
+"""The one network loader used by every command-line tool.
+
+Accepts EDM network pickles (read without running the code stored in them, unless code
+execution is allowed explicitly) and this toolkit's weights-only files.
+"""
 
 import io
+import os
 import pickle
+import sys
 
 import torch
 
 import dnnlib
+from training import safe_unpickle, weights
+
+ALLOW_CODE_ENV = 'EDMKIT_ALLOW_PICKLE_CODE'
 
 
 class NetworkLoadError(Exception):
     """A network could not be loaded; the message is one line saying what and why."""
 
 
-def load_network_pickle(path_or_url, verbose=False):
-    """Return the object stored in an EDM network pickle (normally a dict with 'ema')."""
+def pickle_code_allowed(flag=None) -> bool:
+    """The --allow-pickle-code flag if given, else the EDMKIT_ALLOW_PICKLE_CODE variable."""
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get(ALLOW_CODE_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def load_network_pickle(path_or_url, verbose=False, allow_pickle_code=None):
+    """Return what an EDM network pickle or weights-only file holds (normally a dict with 'ema').
+
+    By default no code from the file runs: persistent classes are rebuilt from this
+    toolkit's own implementations. allow_pickle_code=True restores EDM's behaviour of
+    executing the source stored in the pickle (for pickles with custom classes).
+    """
     try:
         with dnnlib.util.open_url(path_or_url, verbose=verbose) as f:
             data = f.read()
@@ -21,8 +42,19 @@ def load_network_pickle(path_or_url, verbose=False):
         raise NetworkLoadError(f'cannot read network: {err}') from None
     except OSError as err:
         raise NetworkLoadError(f'cannot read network {path_or_url}: {err.strerror or err}') from None
+    if data[:4] == weights.ZIP_MAGIC:
+        try:
+            return weights.load_weights(data)
+        except weights.WeightsFormatError as err:
+            raise NetworkLoadError(f'cannot load network {path_or_url}: {err}') from None
     try:
-        return pickle.load(io.BytesIO(data))
+        if pickle_code_allowed(allow_pickle_code):
+            print(f'warning: running the code stored in {path_or_url} (pickle code execution is allowed)', file=sys.stderr)
+            return pickle.load(io.BytesIO(data))
+        return safe_unpickle.safe_loads(data)
+    except safe_unpickle.UnsafePickleError as err:
+        raise NetworkLoadError(f'refusing to load {path_or_url}: {err}; if you trust this file, '
+                               f'pass --allow-pickle-code or set {ALLOW_CODE_ENV}=1') from None
     except (pickle.UnpicklingError, EOFError, ValueError, IndexError, TypeError) as err:
         reason = 'file is truncated' if isinstance(err, EOFError) else f'not a network pickle ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""})'
         raise NetworkLoadError(f'cannot load network {path_or_url}: {reason}') from None
@@ -40,12 +72,12 @@ def network_from_pickle_data(data, path_or_url='network'):
     raise NetworkLoadError(f'{path_or_url} holds no network (found {found}, expected a dict with "ema")')
 
 
-def load_network(path_or_url, device=None, verbose=False):
+def load_network(path_or_url, device=None, verbose=False, allow_pickle_code=None):
     """Return the EMA denoiser of an EDM pickle, in eval mode, without gradients, on `device`.
 
     fp16 networks run in fp32 on the CPU: EDM's preconditioners only use fp16 on CUDA.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
-    net = network_from_pickle_data(load_network_pickle(path_or_url, verbose=verbose), path_or_url)
+    net = network_from_pickle_data(load_network_pickle(path_or_url, verbose=verbose, allow_pickle_code=allow_pickle_code), path_or_url)
     net = net.eval().requires_grad_(False).to(device)
     return net
