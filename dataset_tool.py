@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -72,12 +73,17 @@ def decode_image(data, name: str) -> np.ndarray:
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = io.BytesIO(data)
     try:
-        with PIL.Image.open(data) as img:
-            img.load()
-            return image_to_array(img)
+        img = PIL.Image.open(data)
+        img.load()
     except Exception as err:  # Pillow raises many types for broken files
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DatasetToolError(f'cannot read image {name}: {reason}') from None
+    try:
+        return image_to_array(img)
+    except ValueError as err:
+        raise DatasetToolError(f'cannot use image {name}: {err}') from None
+    finally:
+        img.close()
 
 
 def _lanczos(img: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -126,7 +132,6 @@ def encode_png(img: np.ndarray) -> bytes:
 
 class ImageSource:
     """Base: `names` (for messages), `labels` (per item, None where missing), load(i) -> array."""
-    description = 'images'
 
     def __init__(self, names: Sequence[str], labels: Sequence):
         self.names = list(names)
@@ -158,7 +163,6 @@ def _sort_key_by_parts(rel: str):
 
 class FolderSource(ImageSource):
     """All images under a folder, recursively; labels from its dataset.json, else from top-level folders."""
-    description = 'image folder'
 
     def __init__(self, root: str):
         self.root = root
@@ -188,7 +192,6 @@ class FolderSource(ImageSource):
 
 class ZipSource(ImageSource):
     """All images in a ZIP (sorted by name); labels from its top-level dataset.json."""
-    description = 'ZIP archive'
 
     def __init__(self, path: str):
         self.path = path
@@ -219,9 +222,8 @@ class ZipSource(ImageSource):
 class ArraySource(ImageSource):
     """Images already in memory (CIFAR-10, MNIST) as an NHW or NHWC uint8 array."""
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], name_fmt: str, description: str):
+    def __init__(self, images: np.ndarray, labels: Sequence[int], name_fmt: str):
         self.images = images
-        self.description = description
         super().__init__([name_fmt.format(i) for i in range(len(images))], [int(x) for x in labels])
 
     def truncate(self, max_images: Optional[int]) -> None:
@@ -234,7 +236,6 @@ class ArraySource(ImageSource):
 
 class LmdbSource(ImageSource):
     """LSUN-style LMDB: one encoded image per value, in key order; no labels. Needs `pip install lmdb`."""
-    description = 'LMDB database'
 
     def __init__(self, path: str):
         self.path = path
@@ -328,7 +329,7 @@ def open_cifar10(path: str) -> ArraySource:
     except Exception as err:
         raise DatasetToolError(f'cannot read CIFAR-10 tarball {path}: {err}') from None
     return ArraySource(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels),
-                       os.path.basename(path) + '[{}]', 'CIFAR-10 tarball')
+                       os.path.basename(path) + '[{}]')
 
 #----------------------------------------------------------------------------
 # MNIST idx files.
@@ -376,7 +377,7 @@ def open_mnist(images_path: str) -> ArraySource:
         raise DatasetToolError(f'{images_path}: images are {w}x{h}; MNIST sources are padded to 32x32 and must not exceed it')
     top, left = (32 - h) // 2, (32 - w) // 2
     images = np.pad(images, [(0, 0), (top, 32 - h - top), (left, 32 - w - left)])
-    return ArraySource(images, labels, os.path.basename(images_path) + '[{}]', 'MNIST idx file')
+    return ArraySource(images, labels, os.path.basename(images_path) + '[{}]')
 
 #----------------------------------------------------------------------------
 
@@ -437,6 +438,7 @@ _worker_job = None
 def _worker_init(job):
     global _worker_job
     _worker_job = job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the pool
 
 
 def _worker_run(start: int, stop: int) -> list:
@@ -576,10 +578,13 @@ def convert_dataset(source: str, dest: str, *, max_images: Optional[int] = None,
         out_w, out_h = resolution
         if out_w < 1 or out_h < 1:
             raise DatasetToolError(f'--resolution must be positive, got {out_w}x{out_h}')
+        if transform == 'center-crop-wide' and out_h > out_w:
+            raise DatasetToolError(f'--transform=center-crop-wide needs a height no larger than the width, got {out_w}x{out_h}')
         _check_output_size(out_w, out_w if transform == 'center-crop-wide' else out_h, '--resolution')
     if max_images is not None and max_images < 1:
         raise DatasetToolError('--max-images must be at least 1')
     is_zip = _check_dest(dest)
+    dest = dest if is_zip else os.path.normpath(dest)
     src = open_source(source, max_images)
     workers = default_workers() if workers is None else max(1, int(workers))
     workers = min(workers, len(src))

@@ -342,6 +342,7 @@ def test_unreadable_image_named_and_nothing_left(tmp_path, mixed_folder):
     (dict(resolution=(32, 16)), 'must be square'),
     (dict(resolution=(24, 24)), 'power of two'),
     (dict(transform='center-crop'), 'needs --resolution'),
+    (dict(transform='center-crop-wide', resolution=(32, 64)), 'height no larger than the width'),
 ])
 def test_bad_geometry(tmp_path, mixed_folder, kwargs, match):
     for dest in ('out.zip', 'outdir'):
@@ -361,7 +362,7 @@ def test_mixed_sizes_channels_and_alpha(tmp_path):
     with pytest.raises(DatasetToolError, match='b.png is 8x8 with 1 channel'):
         run(tmp_path, tmp_path / 'src')
     save(str(tmp_path / 'alpha' / 'a.png'), rand_image(rng, 8, 8, c=4))
-    with pytest.raises(DatasetToolError, match='a.png: image has an alpha channel'):
+    with pytest.raises(DatasetToolError, match='cannot use image a.png: image has an alpha channel'):
         run(tmp_path, tmp_path / 'alpha')
 
 
