@@ -1,0 +1,1 @@
+"""Image-quality metrics on detector features: FID, KID, Inception Score, precision/recall."""
