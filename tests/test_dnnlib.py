@@ -49,6 +49,9 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
             raise RuntimeError('killed')
     assert path.read_bytes() == b'good'
     assert os.listdir(tmp_path) == ['f.bin']
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_open_url_local_path_and_file_url(tmp_path):
