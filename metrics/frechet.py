@@ -3,23 +3,32 @@
 import numpy as np
 
 
-def _psd_sqrt_factor(sigma):
-    """Return R with R @ R.T == sigma for a symmetric PSD matrix (eigenvalues clipped at 0)."""
-    w, v = np.linalg.eigh(sigma)
-    return v * np.sqrt(np.clip(w, 0, None))
+def _drop_noise(w):
+    """Zero eigenvalues below numpy's matrix_rank tolerance: rounding noise, not signal."""
+    return np.where(w > w.max(initial=0) * len(w) * np.finfo(w.dtype).eps, w, 0)
+
+
+def _psd_factor(sigma):
+    """Return R with R @ R.T == sigma: Cholesky when sigma is positive definite, else from eigh."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:  # singular, e.g. fewer images than feature dimensions
+        w, v = np.linalg.eigh(sigma)
+        return v * np.sqrt(_drop_noise(w))
 
 
 def trace_sqrt_product(sigma1, sigma2):
     """Return tr(sqrtm(sigma1 @ sigma2)) for symmetric PSD covariance matrices.
 
-    sigma1 @ sigma2 has the same eigenvalues as the symmetric PSD matrix R.T @ sigma2 @ R,
-    where sigma1 = R @ R.T, so the trace is the sum of the square roots of those eigenvalues:
-    two symmetric eigendecompositions instead of a complex Schur-based sqrtm.
+    With sigma1 = R R^T, sigma1 @ sigma2 has the eigenvalues of the symmetric PSD matrix
+    R^T sigma2 R, so the trace is the sum of their square roots: a Cholesky factorization and
+    one symmetric eigenvalue solve instead of the complex Schur decomposition inside
+    scipy.linalg.sqrtm. Eigenvalues at the rounding-noise level are dropped, which keeps
+    rank-deficient covariances (fewer images than dimensions) accurate, where sqrtm is not.
     """
-    r = _psd_sqrt_factor(sigma1)
-    m = r.T @ sigma2 @ r
-    m = (m + m.T) * 0.5
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0, None)).sum())
+    r = _psd_factor(sigma1)
+    m = r.T @ (sigma2 @ r)
+    return float(np.sqrt(_drop_noise(np.linalg.eigvalsh((m + m.T) * 0.5))).sum())
 
 
 def _check_stats(mu, sigma, name):

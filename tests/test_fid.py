@@ -121,16 +121,30 @@ def test_frechet_closed_form_for_commuting_covariances():
     assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9
 
 
-@pytest.mark.parametrize('n, d', [(500, 64), (40, 64), (3000, 256)])
+def correlated_features(rng, n, d, shift=0.0):
+    mix = rng.standard_normal([d, d]) / np.sqrt(1 + np.arange(d))[:, None]
+    return np.maximum(rng.standard_normal([n, d]) @ (mix + shift * rng.standard_normal([d, d])), 0)
+
+
+@pytest.mark.parametrize('n, d', [(500, 64), (3000, 256)])
 def test_frechet_matches_scipy_sqrtm(n, d):
     rng = np.random.default_rng(n + d)
-    mix = rng.standard_normal([d, d]) / np.sqrt(1 + np.arange(d))[:, None]
-    f1 = np.maximum(rng.standard_normal([n, d]) @ mix, 0)
-    f2 = np.maximum(rng.standard_normal([n, d]) @ (mix + 0.1 * rng.standard_normal([d, d])), 0)
-    stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in (f1, f2)]
+    stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in (correlated_features(rng, n, d), correlated_features(rng, n, d, 0.1))]
     ours = frechet_distance(*stats[0], *stats[1])
     ref = scipy_fid(*stats[0], *stats[1])
     assert abs(ours - ref) <= 1e-6 * max(1.0, abs(ref))
+
+
+def test_frechet_is_exact_for_rank_deficient_covariances():
+    """Fewer samples than dimensions: the trace term reduces to a small exact eigenproblem."""
+    rng = np.random.default_rng(0)
+    f1, f2 = correlated_features(rng, 30, 200), correlated_features(rng, 50, 200, 0.3)
+    c1, c2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    s1, s2 = c1.T @ c1 / 29, c2.T @ c2 / 49
+    small = c1 @ s2 @ c1.T / 29  # same non-zero eigenvalues as s1 @ s2
+    exact = ((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) \
+        - 2 * np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
+    assert frechet_distance(f1.mean(0), s1, f2.mean(0), s2) == pytest.approx(exact, rel=1e-9)
 
 
 def test_frechet_rejects_bad_shapes():
