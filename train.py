@@ -205,10 +205,10 @@ def _log_to(path):
 @click.option('--batch-gpu',     help='Limit batch size per GPU', metavar='INT',                    type=click.IntRange(min=1))
 @click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT',       type=click.IntRange(min=1))
 @click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=str, callback=lambda ctx, param, v: _int_list(v))
-@click.option('--blocks',        help='Residual blocks per resolution (extension)  [default: varies]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--attn',          help='Resolutions with self-attention, or none (extension)  [default: varies]', metavar='LIST', type=str, callback=lambda ctx, param, v: _res_list(v))
+@click.option('--blocks',        help='Residual blocks per resolution  [default: varies]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--attn',          help='Attention resolutions, or none  [default: varies]', metavar='LIST', type=str, callback=lambda ctx, param, v: _res_list(v))
 @click.option('--lr',            help='Learning rate', metavar='FLOAT',                             type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
-@click.option('--lr-rampup',     help='Learning rate ramp-up (extension)', metavar='KIMG',          type=click.FloatRange(min=0), default=10000, show_default=True)
+@click.option('--lr-rampup',     help='Learning rate ramp-up', metavar='KIMG',          type=click.FloatRange(min=0), default=10000, show_default=True)
 @click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=click.FloatRange(min=0), default=0.5, show_default=True)
 @click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
 @click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
@@ -219,7 +219,7 @@ def _log_to(path):
 @click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
 @click.option('--bench',         help='Enable cuDNN benchmarking', metavar='BOOL',                  type=bool, default=True, show_default=True)
 @click.option('--cache',         help='Cache dataset in CPU memory', metavar='BOOL',                type=bool, default=True, show_default=True)
-@click.option('--workers',       help='DataLoader worker processes (0 = load in the main process)', metavar='INT', type=click.IntRange(min=0), default=1, show_default=True)
+@click.option('--workers',       help='DataLoader worker processes, 0 = none', metavar='INT', type=click.IntRange(min=0), default=1, show_default=True)
 
 # I/O-related.
 @click.option('--desc',          help='String to include in result dir name', metavar='STR',        type=str)
@@ -236,9 +236,11 @@ def main(**kwargs):
     paper "Elucidating the Design Space of Diffusion-Based Generative Models".
 
     Durations are in millions of images (--duration, --ema; fractions are fine), --tick
-    in thousands; --snap and --dump count ticks. Each tick prints progress and appends to
-    stats.jsonl; snapshots are network-snapshot-KIMG.pkl (EDM's pickle format) and state
-    dumps training-state-KIMG.pt, which --resume continues exactly.
+    and --lr-rampup in thousands; --snap and --dump count ticks. Each tick prints
+    progress and appends to stats.jsonl; snapshots are network-snapshot-KIMG.pkl (EDM's
+    pickle format), state dumps training-state-KIMG.pt. --resume with the options of
+    the original run continues it exactly. Beyond EDM: --blocks, --attn, --lr-rampup,
+    --workers=0 and fractional --tick.
 
     Examples:
 

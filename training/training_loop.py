@@ -189,9 +189,12 @@ def training_loop(
         del state
 
     # Train.
+    total_nimg = int(round(total_kimg * 1000))
+    if cur_nimg >= total_nimg:
+        dist.print0(f'Already trained for {cur_nimg / 1000:g} of {total_kimg:g} kimg; nothing to do.')
+        return
     dist.print0(f'Training for {total_kimg:g} kimg...')
     dist.print0()
-    total_nimg = int(round(total_kimg * 1000))
     collector = training_stats.Collector(regex='.*')
     tick_start_nimg = cur_nimg
     tick_start_time = time.time()
