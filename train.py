@@ -146,9 +146,11 @@ def training_config(opts, world_size=1):
         if not match or not os.path.isfile(opts.resume):
             raise click.ClickException('--resume must point to training-state-*.pt from a previous training run')
         try:
-            training_loop.load_state_dump(opts.resume)
+            resume_nimg = int(training_loop.load_state_dump(opts.resume)['cur_nimg'])
         except Exception as err:  # any unreadable file: say so in one line
             raise click.ClickException(f'--resume: cannot read {opts.resume}: {str(err).splitlines()[0] if str(err) else type(err).__name__}') from None
+        if resume_nimg % world_size != 0:
+            raise click.ClickException(f'--resume: the state at {resume_nimg} images cannot be split over {world_size} processes')
         c.resume_kimg = int(match.group(1))
         c.resume_state_dump = opts.resume
 

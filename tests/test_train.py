@@ -130,6 +130,14 @@ def test_bad_input_is_one_line_error(data, tmp_path, args, message):
     assert not os.path.exists(tmp_path / 'runs')
 
 
+def test_unreadable_state_dump_is_one_line_error(data, tmp_path):
+    bad = tmp_path / 'training-state-000001.pt'
+    bad.write_bytes(b'not a state dump')
+    res = run_cli([f'--outdir={tmp_path / "runs"}', f'--data={data}', f'--resume={bad}'])
+    assert res.exit_code != 0 and 'Traceback' not in res.output
+    assert res.output.startswith(f'Error: --resume: cannot read {bad}: ') and res.output.count('\n') == 1
+
+
 def test_batch_must_split_over_processes(data, tmp_path):
     opts = train.main.make_context('train.py', [f'--outdir={tmp_path}', f'--data={data}', '--batch=32']).params
     with pytest.raises(click.ClickException, match=r'--batch=32 is not divisible by the number of processes \(3\)'):

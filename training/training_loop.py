@@ -137,8 +137,7 @@ def training_loop(
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
         state = load_state_dump(resume_state_dump)
         cur_nimg, cur_tick = int(state['cur_nimg']), int(state['cur_tick'])
-        if cur_nimg % batch_size != 0:
-            raise ValueError(f'the state dump is at {cur_nimg} images, not a multiple of the batch size {batch_size}')
+        assert cur_nimg % world_size == 0, 'sample indices would not line up across ranks'
 
     # Dataset.
     dist.print0('Loading dataset...')
