@@ -239,10 +239,10 @@ def main(**kwargs):
 
     Durations are in millions of images (--duration, --ema; fractions are fine), --tick
     and --lr-rampup in thousands; --snap and --dump count ticks. Each tick prints
-    progress and appends to stats.jsonl; snapshots are network-snapshot-KIMG.pkl (EDM's
-    pickle format), state dumps training-state-KIMG.pt. --resume with the options of
-    the original run continues it exactly. Beyond EDM: --blocks, --attn, --lr-rampup,
-    --workers=0 and fractional --tick.
+    progress and appends to stats.jsonl. Snapshots (EDM's pickle format) and state
+    dumps are named by kimg: network-snapshot-000100.pkl, training-state-000100.pt.
+    --resume with the options of the original run continues it exactly. Beyond EDM:
+    --blocks, --attn, --lr-rampup, --workers=0 and fractional --tick.
 
     Examples:
 
@@ -252,16 +252,16 @@ def main(**kwargs):
         --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp
 
     \b
-    # Small class-conditional MNIST model on the CPU (about 2M parameters)
+    # Small class-conditional MNIST model on the CPU (1.7M parameters)
     python train.py --outdir=training-runs --data=datasets/mnist-32x32.zip --cond=1 \\
-        --arch=ddpmpp --cbase=32 --cres=1,2,2 --blocks=2 --attn=none --batch=128 \\
-        --duration=0.5 --lr=2e-3 --lr-rampup=20 --ema=0.05 --dropout=0 --augment=0 \\
-        --tick=10 --snap=5 --dump=5 --workers=1 --seed=0
+        --arch=ddpmpp --cbase=32 --cres=1,2,2,2 --blocks=1 --attn=none --batch=128 \\
+        --duration=0.2 --lr=1e-3 --lr-rampup=10 --ema=0.01 --dropout=0 --augment=0 \\
+        --tick=10 --snap=5 --dump=5 --workers=0 --seed=0
 
     \b
     # Continue a run from its latest state dump
     python train.py --outdir=training-runs --data=datasets/mnist-32x32.zip --cond=1 ... \\
-        --resume=training-runs/00000-mnist-32x32-cond-ddpmpp-edm-gpus1-batch128-fp32/training-state-000250.pt
+        --resume=training-runs/00000-mnist-32x32-cond-ddpmpp-edm-gpus1-batch128-fp32/training-state-000100.pt
     """
     opts = dnnlib.EasyDict(kwargs)
     dist.init()
