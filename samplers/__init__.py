@@ -1,0 +1,18 @@
+"""How to integrate: EDM's Euler/Heun samplers with churn, epsilon scaling and time shift.
+
+- `schedules`: noise levels (edm, vp, ve, iddpm) and time parametrizations sigma(t), s(t).
+- `solvers`: `sample_euler`, `sample_heun` (one signature), stochastic churn.
+- `denoisers`: the denoiser interface and wrappers (epsilon scaling).
+- `time_shift`: the time-shift step helper.
+- `noise`: per-seed random numbers in EDM's order.
+- `sampler`: `SamplerOptions` and `Sampler`, which read the network once and run a solver.
+
+docs/sampling.md defines epsilon scaling and the time shift exactly.
+"""
+
+from .denoisers import EpsilonScaling, at_step, eps_scaled, eps_scalers, network_denoiser, with_epsilon_scaling
+from .noise import SeedNoise, latents_and_labels
+from .sampler import Sampler, SamplerOptionError, SamplerOptions, sigma_range
+from .schedules import TimeParam, noise_levels, reference_grid, time_param, with_zero
+from .solvers import NO_CHURN, SOLVERS, Churn, sample_euler, sample_heun
+from .time_shift import TimeShift, select_sigma

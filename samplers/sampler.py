@@ -1,0 +1,119 @@
+"""The boundary between a network and the solvers: options in, a ready sampler out.
+
+Everything the solvers need from the network (noise range, `round_sigma`, `sigma_data`) is
+read here once. The defaults reproduce NVIDIA's EDM `generate.py`: its `edm_sampler` and its
+`ablation_sampler` are one algorithm, and both are covered by these options.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+
+from . import denoisers, schedules, solvers
+from .time_shift import TimeShift
+
+
+class SamplerOptionError(ValueError):
+    """Sampler options that cannot work; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    num_steps: int = 18                     # Solver steps N (Heun: 2N - 1 evaluations).
+    sigma_min: Optional[float] = None       # Lowest level; None = EDM's default for `disc`.
+    sigma_max: Optional[float] = None       # Highest level; None = EDM's default for `disc`.
+    rho: float = 7                          # Exponent of the EDM discretization.
+    solver: str = 'heun'                    # 'euler' or 'heun'.
+    disc: str = 'edm'                       # Discretization: 'edm', 'vp', 've', 'iddpm'.
+    schedule: str = 'linear'                # Noise schedule sigma(t): 'linear', 'vp', 've'.
+    scaling: str = 'none'                   # Signal scaling s(t): 'none', 'vp'.
+    S_churn: float = 0                      # Stochasticity strength.
+    S_min: float = 0                        # Churn only for levels >= S_min ...
+    S_max: float = float('inf')             # ... and <= S_max.
+    S_noise: float = 1                      # Noise inflation of the churn.
+    eps_scaler: float = 1.0                 # Epsilon scaling b: lambda_i = b + k (N - 1 - i).
+    eps_scaler_k: float = 0.0               # Epsilon scaling slope k.
+    ts_window: int = 0                      # Time shift window (grid positions each side); 0 = off.
+    ts_cutoff: float = 1.0                  # Time shift only at steps with sigma_i above this.
+    ts_signal_var: Optional[float] = None   # Expected signal variance; None = sigma_data^2.
+
+    @property
+    def nfe(self):
+        """Network evaluations per image."""
+        return 2 * self.num_steps - 1 if self.solver == 'heun' else self.num_steps
+
+    def check(self):
+        """Raise SamplerOptionError for options that no network can sample with."""
+        choices = dict(solver=tuple(solvers.SOLVERS), disc=schedules.DISCRETIZATIONS,
+                       schedule=schedules.SCHEDULES, scaling=schedules.SCALINGS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SamplerOptionError(f'--{name} must be one of {"|".join(allowed)}, not "{getattr(self, name)}"')
+        if self.num_steps < 2:
+            hint = ' (Heun with 1 step would be a single Euler step)' if self.solver == 'heun' else ''
+            raise SamplerOptionError(f'--steps must be at least 2, got {self.num_steps}{hint}')
+        for name in ('sigma_min', 'sigma_max'):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise SamplerOptionError(f'--{name} must be a positive number, got {value}')
+        if self.sigma_min is not None and self.sigma_max is not None and self.sigma_min >= self.sigma_max:
+            raise SamplerOptionError(f'--sigma_min ({self.sigma_min:g}) must be below --sigma_max ({self.sigma_max:g})')
+        if not self.rho > 0:
+            raise SamplerOptionError(f'--rho must be positive, got {self.rho}')
+        if self.S_churn < 0 or self.S_min < 0 or self.S_max < 0:
+            raise SamplerOptionError('--S_churn, --S_min and --S_max must not be negative')
+        scalers = denoisers.eps_scalers(self.num_steps, self.eps_scaler, self.eps_scaler_k)
+        if not all(s > 0 and math.isfinite(s) for s in scalers):
+            raise SamplerOptionError(f'epsilon scalers must be positive: --eps_scaler={self.eps_scaler:g} with '
+                                     f'--eps_scaler_k={self.eps_scaler_k:g} gives {min(scalers):g} at some step')
+        if self.ts_window < 0:
+            raise SamplerOptionError(f'--ts_window must not be negative, got {self.ts_window}')
+        if self.ts_cutoff < 0:
+            raise SamplerOptionError(f'--ts_cutoff must not be negative, got {self.ts_cutoff:g}')
+        if self.ts_signal_var is not None and self.ts_signal_var < 0:
+            raise SamplerOptionError(f'--ts_signal_var must not be negative, got {self.ts_signal_var:g}')
+
+
+def sigma_range(net, options):
+    """(sigma_min, sigma_max): the options or EDM's defaults for the discretization, clipped
+    to the network's supported range as EDM does."""
+    default_min, default_max = schedules.default_sigma_range(options.disc)
+    sigma_min = default_min if options.sigma_min is None else options.sigma_min
+    sigma_max = default_max if options.sigma_max is None else options.sigma_max
+    clipped_min, clipped_max = max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max)
+    if not clipped_min < clipped_max:
+        raise SamplerOptionError(f'sigma_min {clipped_min:g} is not below sigma_max {clipped_max:g} after clipping '
+                                 f'[{sigma_min:g}, {sigma_max:g}] to the network\'s range [{net.sigma_min:g}, {net.sigma_max:g}]')
+    return clipped_min, clipped_max
+
+
+class Sampler:
+    """Samples images from a network with fixed options; call it once per batch."""
+
+    def __init__(self, net, options=SamplerOptions(), device=None):
+        options.check()
+        self.options = options
+        device = torch.device('cpu') if device is None else torch.device(device)
+        sigma_min, sigma_max = sigma_range(net, options)
+        levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)
+        self.sigmas = schedules.with_zero(net.round_sigma(levels))
+        self.ode = schedules.time_param(options.schedule, options.scaling, sigma_min, sigma_max)
+        self.churn = solvers.Churn(options.S_churn, options.S_min, options.S_max, options.S_noise, net.round_sigma)
+        self.denoiser = denoisers.with_epsilon_scaling(denoisers.network_denoiser(net), options.num_steps,
+                                                       options.eps_scaler, options.eps_scaler_k)
+        self.time_shift = None
+        if options.ts_window > 0:
+            grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
+            signal_var = options.ts_signal_var
+            if signal_var is None:
+                signal_var = getattr(net, 'sigma_data', 0.5) ** 2
+            self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, signal_var)
+        self.solver = solvers.SOLVERS[options.solver]
+
+    def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
+        """Images [N, C, H, W] float64, roughly in [-1, 1]."""
+        with torch.no_grad():
+            return self.solver(self.denoiser, latents, self.sigmas, randn_like, class_labels,
+                               churn=self.churn, time_shift=self.time_shift, ode=self.ode)
