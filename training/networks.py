@@ -1,10 +1,14 @@
-"""Network architectures and preconditioners of EDM (Karras et al., "Elucidating the Design
-Space of Diffusion-Based Generative Models", NeurIPS 2022).
+"""Denoiser networks of EDM: Karras et al., "Elucidating the Design Space of Diffusion-Based
+Generative Models" (NeurIPS 2022), called "the EDM paper" below.
 
-The class names, constructor arguments, parameter names and forward math follow NVIDIA's
-EDM, so the weights of its public pickles load here with strict key matching. This module
-is stored inside the pickles it writes and must also run inside EDM's own code base: it
-imports nothing from this toolkit but torch_utils.persistence.
+Two U-Nets (SongUNet: DDPM++ / NCSN++; DhariwalUNet: ADM) and the four preconditioners of
+the paper's Table 1 (VP, VE, iDDPM, EDM). Class names, constructor arguments, parameter and
+buffer names, initialisation and forward arithmetic agree with NVIDIA's EDM release, so an
+EDM state_dict loads here with strict key matching and gives the same outputs, and the same
+torch seed gives the same initial weights.
+
+Pickles of these classes store this file's source, and EDM's own code base must be able to
+run it: import nothing here but torch, numpy and torch_utils.persistence.
 """
 
 import numpy as np
@@ -17,48 +21,70 @@ from torch_utils import persistence
 
 
 def weight_init(shape, mode, fan_in, fan_out):
-    """Random weights with the scale of the named scheme (EDM's four schemes)."""
-    if mode == 'xavier_uniform':
-        return np.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
-    if mode == 'xavier_normal':
-        return np.sqrt(2 / (fan_in + fan_out)) * torch.randn(*shape)
-    if mode == 'kaiming_uniform':
-        return np.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
-    if mode == 'kaiming_normal':
-        return np.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f'Invalid init mode "{mode}"')
+    """Return a float32 tensor of `shape` drawn from the scheme `mode`.
+
+    `mode` is '<xavier|kaiming>_<uniform|normal>'. Xavier targets variance 2/(fan_in+fan_out),
+    Kaiming (gain 1) variance 1/fan_in; a uniform U(-a, a) has variance a^2/3.
+    """
+    family, _, law = mode.partition('_')
+    if family not in ('xavier', 'kaiming') or law not in ('uniform', 'normal'):
+        raise ValueError(f'Invalid init mode "{mode}"')
+    fan = fan_in + fan_out if family == 'xavier' else fan_in
+    numerator = (2 if family == 'xavier' else 1) * (3 if law == 'uniform' else 1)
+    unit = torch.rand(*shape) * 2 - 1 if law == 'uniform' else torch.randn(*shape)
+    return unit * np.sqrt(numerator / fan)
 
 
-def _param(shape, init_mode, fan_in, fan_out, gain):
-    return torch.nn.Parameter(weight_init(shape, mode=init_mode, fan_in=fan_in, fan_out=fan_out) * gain)
+def _new_param(shape, gain, mode, fan_in, fan_out):
+    # Drawn even when gain == 0: the random stream then stays aligned with EDM's.
+    return torch.nn.Parameter(weight_init(shape, mode, fan_in, fan_out) * gain)
+
+
+def _as_dtype(tensor, dtype):
+    return None if tensor is None else tensor.to(dtype)
 
 #----------------------------------------------------------------------------
-# Layers. Weights stay float32 and are cast to the activation dtype at use (fp16 on CUDA).
+# Layers. Parameters stay float32; they are cast to the activations' dtype when used,
+# which is float16 when a preconditioner runs its model in half precision.
 
 
 @persistence.persistent_class
 class Linear(torch.nn.Module):
+    """y = x W^T + b."""
+
     def __init__(self, in_features, out_features, bias=True, init_mode='kaiming_normal', init_weight=1, init_bias=0):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        fans = dict(fan_in=in_features, fan_out=out_features)
-        self.weight = _param([out_features, in_features], init_mode, gain=init_weight, **fans)
-        self.bias = _param([out_features], init_mode, gain=init_bias, **fans) if bias else None
+        fans = dict(mode=init_mode, fan_in=in_features, fan_out=out_features)
+        self.weight = _new_param([out_features, in_features], init_weight, **fans)
+        self.bias = _new_param([out_features], init_bias, **fans) if bias else None
 
     def forward(self, x):
         y = x @ self.weight.to(x.dtype).t()
-        if self.bias is not None:
-            y = y.add_(self.bias.to(x.dtype))
-        return y
+        return y if self.bias is None else y.add_(self.bias.to(x.dtype))
+
+
+def _fir_upsample(x, fir, channels, padding):
+    # Depthwise transposed convolution with stride 2. Zero insertion leaves a quarter of
+    # the samples non-zero, hence the gain of 4 on a filter that sums to one.
+    kernel = fir.mul(4).tile([channels, 1, 1, 1])
+    return torch.nn.functional.conv_transpose2d(x, kernel, groups=channels, stride=2, padding=padding)
+
+
+def _fir_downsample(x, fir, channels, padding):
+    kernel = fir.tile([channels, 1, 1, 1])
+    return torch.nn.functional.conv2d(x, kernel, groups=channels, stride=2, padding=padding)
 
 
 @persistence.persistent_class
 class Conv2d(torch.nn.Module):
-    """Convolution with optional 2x up- or downsampling by a separable FIR filter.
+    """Square 'same' convolution, optionally preceded by 2x FIR up- or downsampling.
 
-    kernel=0 gives a pure resampling layer. With fused_resample, the resampling and the
-    convolution are done in a single pass each way (EDM's NCSN++ residual encoder).
+    kernel=0 gives a weightless resampling layer. resample_filter holds the 1-D taps of a
+    separable filter, normalised to unit DC gain. With fused_resample the resampling is
+    merged with the convolution's padding (upsample first, or convolve at full resolution
+    and then decimate), as NCSN++ does.
     """
 
     def __init__(self, in_channels, out_channels, kernel, bias=True, up=False, down=False,
@@ -70,47 +96,41 @@ class Conv2d(torch.nn.Module):
         self.up = up
         self.down = down
         self.fused_resample = fused_resample
-        fans = dict(fan_in=in_channels * kernel * kernel, fan_out=out_channels * kernel * kernel)
-        self.weight = _param([out_channels, in_channels, kernel, kernel], init_mode, gain=init_weight, **fans) if kernel else None
-        self.bias = _param([out_channels], init_mode, gain=init_bias, **fans) if kernel and bias else None
-        taps = torch.as_tensor(resample_filter, dtype=torch.float32)
-        fir = (taps.ger(taps) / taps.sum().square())[None, None]  # [1, 1, k, k], unit gain
-        self.register_buffer('resample_filter', fir if (up or down) else None)
-
-    def _upsample(self, x, fir, channels, padding):
-        return torch.nn.functional.conv_transpose2d(x, fir.mul(4).tile([channels, 1, 1, 1]), groups=channels, stride=2, padding=padding)
-
-    def _downsample(self, x, fir, channels, padding):
-        return torch.nn.functional.conv2d(x, fir.tile([channels, 1, 1, 1]), groups=channels, stride=2, padding=padding)
+        taps = kernel * kernel
+        fans = dict(mode=init_mode, fan_in=in_channels * taps, fan_out=out_channels * taps)
+        self.weight = _new_param([out_channels, in_channels, kernel, kernel], init_weight, **fans) if kernel else None
+        self.bias = _new_param([out_channels], init_bias, **fans) if (kernel and bias) else None
+        fir_1d = torch.as_tensor(resample_filter, dtype=torch.float32)
+        fir_2d = torch.outer(fir_1d, fir_1d) / fir_1d.sum().square()
+        self.register_buffer('resample_filter', fir_2d[None, None] if (up or down) else None)
 
     def forward(self, x):
-        w = None if self.weight is None else self.weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        fir = None if self.resample_filter is None else self.resample_filter.to(x.dtype)
+        w = _as_dtype(self.weight, x.dtype)
+        b = _as_dtype(self.bias, x.dtype)
+        fir = _as_dtype(self.resample_filter, x.dtype)
         w_pad = 0 if w is None else w.shape[-1] // 2
         f_pad = 0 if fir is None else (fir.shape[-1] - 1) // 2
         conv = torch.nn.functional.conv2d
+
         if w is not None and self.fused_resample and self.up:
-            x = self._upsample(x, fir, self.in_channels, max(f_pad - w_pad, 0))
+            x = _fir_upsample(x, fir, self.in_channels, padding=max(f_pad - w_pad, 0))
             x = conv(x, w, padding=max(w_pad - f_pad, 0))
         elif w is not None and self.fused_resample and self.down:
             x = conv(x, w, padding=w_pad + f_pad)
-            x = self._downsample(x, fir, self.out_channels, 0)
+            x = _fir_downsample(x, fir, self.out_channels, padding=0)
         else:
             if self.up:
-                x = self._upsample(x, fir, self.in_channels, f_pad)
-            if self.down:
-                x = self._downsample(x, fir, self.in_channels, f_pad)
+                x = _fir_upsample(x, fir, self.in_channels, padding=f_pad)
+            elif self.down:
+                x = _fir_downsample(x, fir, self.in_channels, padding=f_pad)
             if w is not None:
                 x = conv(x, w, padding=w_pad)
-        if b is not None:
-            x = x.add_(b.reshape(1, -1, 1, 1))
-        return x
+        return x if b is None else x.add_(b.reshape(1, -1, 1, 1))
 
 
 @persistence.persistent_class
 class GroupNorm(torch.nn.Module):
-    """Group normalisation with at least `min_channels_per_group` channels per group."""
+    """Group normalisation that never puts fewer than `min_channels_per_group` channels in a group."""
 
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
         super().__init__()
@@ -120,22 +140,52 @@ class GroupNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x):
-        return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype),
-                                              bias=self.bias.to(x.dtype), eps=self.eps)
+        gamma, beta = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=gamma, bias=beta, eps=self.eps)
 
 
-def attention_weights(q, k):
-    """Softmax attention weights [N, Q, K] of queries q [N, C, Q] and keys k [N, C, K], in float32."""
-    logits = torch.einsum('ncq,nck->nqk', q.to(torch.float32), (k / np.sqrt(k.shape[1])).to(torch.float32))
-    return logits.softmax(dim=2).to(q.dtype)
+def _attention_logits(q, k):
+    """float32 logits [N, Q, K] = q^T k / sqrt(C) for q [N, C, Q], k [N, C, K]."""
+    k = k / np.sqrt(k.shape[1])
+    return torch.einsum('ncq,nck->nqk', q.to(torch.float32), k.to(torch.float32))
+
+
+class AttentionOp(torch.autograd.Function):
+    """Attention weights softmax(q^T k / sqrt(C)) over keys, for q [N, C, Q] and k [N, C, K].
+
+    Computed in float32 whatever the input dtype, but only the inputs and the result (in the
+    inputs' dtype) are kept for the backward pass, which keeps fp16 training memory low.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k):
+        w = _attention_logits(q, k).softmax(dim=2).to(q.dtype)
+        ctx.save_for_backward(q, k, w)
+        return w
+
+    @staticmethod
+    def backward(ctx, dw):
+        q, k, w = ctx.saved_tensors
+        w32, dw32 = w.to(torch.float32), dw.to(torch.float32)
+        # Softmax Jacobian applied to dw: d(logits) = w * (dw - sum_k w dw).
+        dlogits = w32 * (dw32 - (w32 * dw32).sum(dim=2, keepdim=True))
+        root_c = np.sqrt(k.shape[1])
+        dq = torch.einsum('nck,nqk->ncq', k.to(torch.float32), dlogits).to(q.dtype) / root_c
+        dk = torch.einsum('ncq,nqk->nck', q.to(torch.float32), dlogits).to(k.dtype) / root_c
+        return dq, dk
 
 #----------------------------------------------------------------------------
-# The residual block shared by both U-Nets.
+# The residual block of both U-Nets.
 
 
 @persistence.persistent_class
 class UNetBlock(torch.nn.Module):
-    """Residual block with embedding injection, optional resampling and self-attention."""
+    """Pre-activation residual block, conditioned on an embedding, with optional 2x
+    resampling and multi-head self-attention after the residual sum.
+
+    adaptive_scale=True (ADM) maps the embedding to a per-channel scale and shift of the
+    second normalisation; False (DDPM++/NCSN++) adds it as a bias before that normalisation.
+    """
 
     def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
                  num_heads=None, channels_per_head=64, dropout=0, skip_scale=1, eps=1e-5,
@@ -145,50 +195,60 @@ class UNetBlock(torch.nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.emb_channels = emb_channels
-        if not attention:
-            self.num_heads = 0
+        if attention:
+            self.num_heads = out_channels // channels_per_head if num_heads is None else num_heads
         else:
-            self.num_heads = num_heads if num_heads is not None else out_channels // channels_per_head
+            self.num_heads = 0
         self.dropout = dropout
         self.skip_scale = skip_scale
         self.adaptive_scale = adaptive_scale
 
-        resample = dict(up=up, down=down, resample_filter=resample_filter)
+        # Creation order fixes the order of random draws; keep it.
+        resampling = dict(up=up, down=down, resample_filter=resample_filter)
         self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=3, **resample, **init)
-        self.affine = Linear(in_features=emb_channels, out_features=out_channels * (2 if adaptive_scale else 1), **init)
+        self.conv0 = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=3, **resampling, **init)
+        affine_out = out_channels * 2 if adaptive_scale else out_channels
+        self.affine = Linear(in_features=emb_channels, out_features=affine_out, **init)
         self.norm1 = GroupNorm(num_channels=out_channels, eps=eps)
         self.conv1 = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=3, **init_zero)
+
+        # Shortcut: identity when shapes agree; otherwise resampling, with a 1x1 projection
+        # when the channel count changes or resample_proj asks for one.
         self.skip = None
-        if out_channels != in_channels or up or down:
-            # A 1x1 projection when channels change (or when asked), else resampling only.
-            kernel = 1 if (resample_proj or out_channels != in_channels) else 0
-            self.skip = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=kernel, **resample, **init)
+        if in_channels != out_channels or up or down:
+            proj = resample_proj or in_channels != out_channels
+            self.skip = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=1 if proj else 0,
+                               **resampling, **init)
+
         if self.num_heads:
             self.norm2 = GroupNorm(num_channels=out_channels, eps=eps)
-            self.qkv = Conv2d(in_channels=out_channels, out_channels=out_channels * 3, kernel=1,
-                              **(init if init_attn is None else init_attn))
+            qkv_init = init if init_attn is None else init_attn
+            self.qkv = Conv2d(in_channels=out_channels, out_channels=out_channels * 3, kernel=1, **qkv_init)
             self.proj = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=1, **init_zero)
 
+    def _condition(self, h, emb):
+        params = self.affine(emb)[:, :, None, None].to(h.dtype)
+        if not self.adaptive_scale:
+            return silu(self.norm1(h.add_(params)))
+        scale, shift = params.chunk(chunks=2, dim=1)
+        return silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+
+    def _attend(self, x):
+        n, c, height, width = x.shape
+        heads = self.num_heads
+        # qkv channels are laid out as [head, channel, (q, k, v)].
+        qkv = self.qkv(self.norm2(x)).reshape(n * heads, c // heads, 3, height * width)
+        q, k, v = qkv.unbind(2)
+        weights = AttentionOp.apply(q, k)  # [N*heads, query position, key position]
+        mixed = torch.einsum('nqk,nck->ncq', weights, v).reshape(n, c, height, width)
+        return self.proj(mixed).add_(x) * self.skip_scale
+
     def forward(self, x, emb):
-        residual = x
-        x = self.conv0(silu(self.norm0(x)))
-        emb_params = self.affine(emb).unsqueeze(2).unsqueeze(3).to(x.dtype)
-        if self.adaptive_scale:
-            scale, shift = emb_params.chunk(chunks=2, dim=1)
-            x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
-        else:
-            x = silu(self.norm1(x.add_(emb_params)))
-        x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
-        x = x.add_(residual if self.skip is None else self.skip(residual))
-        x = x * self.skip_scale
-        if self.num_heads:
-            n, c = x.shape[0], x.shape[1]
-            q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, -1).unbind(2)
-            attended = torch.einsum('nqk,nck->ncq', attention_weights(q, k), v)
-            x = self.proj(attended.reshape(*x.shape)).add_(x)
-            x = x * self.skip_scale
-        return x
+        h = self.conv0(silu(self.norm0(x)))
+        h = self._condition(h, emb)
+        h = self.conv1(torch.nn.functional.dropout(h, p=self.dropout, training=self.training))
+        h = h.add_(x if self.skip is None else self.skip(x)) * self.skip_scale
+        return self._attend(h) if self.num_heads else h
 
 #----------------------------------------------------------------------------
 # Noise-level embeddings.
@@ -196,7 +256,11 @@ class UNetBlock(torch.nn.Module):
 
 @persistence.persistent_class
 class PositionalEmbedding(torch.nn.Module):
-    """Transformer-style sinusoidal embedding: [cos(x f_i), sin(x f_i)], f_i geometric in i."""
+    """Sinusoidal embedding [cos(x f_i), sin(x f_i)] with f_i = max_positions^(-i/D), i < num_channels/2.
+
+    D is num_channels/2, or num_channels/2 - 1 with endpoint=True (the last frequency is then
+    exactly 1/max_positions).
+    """
 
     def __init__(self, num_channels, max_positions=10000, endpoint=False):
         super().__init__()
@@ -206,59 +270,74 @@ class PositionalEmbedding(torch.nn.Module):
 
     def forward(self, x):
         half = self.num_channels // 2
-        exponents = torch.arange(start=0, end=half, dtype=torch.float32, device=x.device)
-        exponents = exponents / (half - (1 if self.endpoint else 0))
-        freqs = (1 / self.max_positions) ** exponents
-        angles = x.ger(freqs.to(x.dtype))
-        return torch.cat([angles.cos(), angles.sin()], dim=1)
+        exponent = torch.arange(start=0, end=half, dtype=torch.float32, device=x.device)
+        exponent = exponent / (half - 1 if self.endpoint else half)
+        freqs = (1 / self.max_positions) ** exponent
+        phase = torch.outer(x, freqs.to(x.dtype))
+        return torch.cat([phase.cos(), phase.sin()], dim=1)
 
 
 @persistence.persistent_class
 class FourierEmbedding(torch.nn.Module):
-    """Random Fourier features of NCSN++ (fixed Gaussian frequencies)."""
+    """Random Fourier features [cos(2 pi x f_i), sin(2 pi x f_i)], f_i ~ N(0, scale^2), fixed."""
 
     def __init__(self, num_channels, scale=16):
         super().__init__()
         self.register_buffer('freqs', torch.randn(num_channels // 2) * scale)
 
     def forward(self, x):
-        angles = x.ger((2 * np.pi * self.freqs).to(x.dtype))
-        return torch.cat([angles.cos(), angles.sin()], dim=1)
+        phase = torch.outer(x, (2 * np.pi * self.freqs).to(x.dtype))
+        return torch.cat([phase.cos(), phase.sin()], dim=1)
 
 #----------------------------------------------------------------------------
-# U-Nets.
+# U-Nets. Encoder and decoder are ModuleDicts keyed '<res>x<res>_<role>'; the role tells
+# the forward pass what each entry does, and the keys are the state_dict names of EDM.
 
 
-def _drop_labels(net, labels, batch, device):
-    """Classifier-free guidance training: zero each label row with probability label_dropout."""
-    if net.training and net.label_dropout:
-        keep = torch.rand([batch, 1], device=device) >= net.label_dropout
-        labels = labels * keep.to(labels.dtype)
-    return labels
+def _role(key):
+    return key.split('_', 1)[1]
+
+
+def _dropped_labels(net, labels, batch):
+    """Labels with whole rows zeroed at rate net.label_dropout while training (for guidance)."""
+    if not (net.training and net.label_dropout):
+        return labels
+    keep = torch.rand([batch, 1], device=labels.device) >= net.label_dropout
+    return labels * keep.to(labels.dtype)
+
+
+def _song_mapping_order(emb):
+    # DDPM++ orders its positional features [sin, cos]: swap the two halves.
+    return emb.roll(shifts=emb.shape[1] // 2, dims=1)
 
 
 @persistence.persistent_class
 class SongUNet(torch.nn.Module):
-    """DDPM++ and NCSN++ U-Nets of Song et al. (2021), as configured by EDM."""
+    """DDPM++ and NCSN++ of Song et al., "Score-Based Generative Modeling through SDEs" (ICLR 2021).
+
+    DDPM++: embedding_type='positional', channel_mult_noise=1, encoder_type='standard',
+    resample_filter=[1,1]. NCSN++: 'fourier', 2, 'residual', [1,3,3,1]. Both use
+    decoder_type='standard' in the EDM paper.
+    """
 
     def __init__(self,
                  img_resolution,                 # Resolution of input and output images.
-                 in_channels,                    # Image channels at the input.
-                 out_channels,                   # Image channels at the output.
-                 label_dim=0,                    # Class label dimensionality; 0 = unconditional.
-                 augment_dim=0,                  # Augmentation label dimensionality; 0 = none.
-                 model_channels=128,             # Base channel count.
-                 channel_mult=[1, 2, 2, 2],      # Channel multiplier per resolution.
-                 channel_mult_emb=4,             # Embedding size, in multiples of model_channels.
-                 num_blocks=4,                   # Residual blocks per resolution.
-                 attn_resolutions=[16],          # Resolutions that get self-attention.
-                 dropout=0.10,                   # Dropout inside residual blocks.
-                 label_dropout=0,                # Class label dropout (classifier-free guidance).
-                 embedding_type='positional',    # 'positional' (DDPM++) or 'fourier' (NCSN++).
-                 channel_mult_noise=1,           # Noise embedding size: 1 (DDPM++) or 2 (NCSN++).
-                 encoder_type='standard',        # 'standard' (DDPM++), 'skip' or 'residual' (NCSN++).
-                 decoder_type='standard',        # 'standard' or 'skip'.
-                 resample_filter=[1, 1],         # [1,1] (DDPM++) or [1,3,3,1] (NCSN++).
+                 in_channels,                    # Image channels in.
+                 out_channels,                   # Image channels out.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 augment_dim=0,                  # Augmentation label size; 0 = none.
+                 model_channels=128,             # Channels at the first resolution, before channel_mult.
+                 channel_mult=[1, 2, 2, 2],      # Channel multiplier of each resolution.
+                 channel_mult_emb=4,             # Embedding width in units of model_channels.
+                 num_blocks=4,                   # Residual blocks per resolution in the encoder.
+                 attn_resolutions=[16],          # Resolutions with self-attention.
+                 dropout=0.10,                   # Dropout rate inside the residual blocks.
+                 label_dropout=0,                # Rate of dropped class labels while training.
+                 embedding_type='positional',    # Noise embedding: 'positional' or 'fourier'.
+                 channel_mult_noise=1,           # Noise embedding width in units of model_channels.
+                 encoder_type='standard',        # 'standard', 'skip' or 'residual' (extra image path).
+                 decoder_type='standard',        # 'standard' or 'skip' (outputs summed over resolutions).
+                 resample_filter=[1, 1],         # 1-D taps of the resampling filter.
                  ):
         assert embedding_type in ('fourier', 'positional')
         assert encoder_type in ('standard', 'skip', 'residual')
@@ -270,250 +349,283 @@ class SongUNet(torch.nn.Module):
         init = dict(init_mode='xavier_uniform')
         init_zero = dict(init_mode='xavier_uniform', init_weight=1e-5)
         init_attn = dict(init_mode='xavier_uniform', init_weight=np.sqrt(0.2))
-        block = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=np.sqrt(0.5), eps=1e-6,
-                     resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
-                     init=init, init_zero=init_zero, init_attn=init_attn)
+        block_kwargs = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=np.sqrt(0.5),
+                            eps=1e-6, resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
+                            init=init, init_zero=init_zero, init_attn=init_attn)
+        block = lambda cin, cout, **kw: UNetBlock(in_channels=cin, out_channels=cout, **kw, **block_kwargs)
 
-        # Mapping network: noise level (+ labels) -> embedding.
+        # Mapping: noise level, class label and augmentation label -> embedding.
         if embedding_type == 'positional':
             self.map_noise = PositionalEmbedding(num_channels=noise_channels, endpoint=True)
         else:
             self.map_noise = FourierEmbedding(num_channels=noise_channels)
         self.map_label = Linear(in_features=label_dim, out_features=noise_channels, **init) if label_dim else None
-        self.map_augment = Linear(in_features=augment_dim, out_features=noise_channels, bias=False, **init) if augment_dim else None
+        self.map_augment = None
+        if augment_dim:
+            self.map_augment = Linear(in_features=augment_dim, out_features=noise_channels, bias=False, **init)
         self.map_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, **init)
         self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
 
-        # Encoder.
+        # Encoder. `width` follows the main path, `aux_width` the extra image path.
         self.enc = torch.nn.ModuleDict()
-        cout = in_channels
-        caux = in_channels
+        width = aux_width = in_channels
         for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+            tag = f'{img_resolution >> level}x{img_resolution >> level}'
             if level == 0:
-                self.enc[f'{res}x{res}_conv'] = Conv2d(in_channels=cout, out_channels=model_channels, kernel=3, **init)
-                cout = model_channels
+                self.enc[f'{tag}_conv'] = Conv2d(in_channels=width, out_channels=model_channels, kernel=3, **init)
+                width = model_channels
             else:
-                self.enc[f'{res}x{res}_down'] = UNetBlock(in_channels=cout, out_channels=cout, down=True, **block)
+                self.enc[f'{tag}_down'] = block(width, width, down=True)
                 if encoder_type == 'skip':
-                    self.enc[f'{res}x{res}_aux_down'] = Conv2d(in_channels=caux, out_channels=caux, kernel=0, down=True,
-                                                               resample_filter=resample_filter)
-                    self.enc[f'{res}x{res}_aux_skip'] = Conv2d(in_channels=caux, out_channels=cout, kernel=1, **init)
-                if encoder_type == 'residual':
-                    self.enc[f'{res}x{res}_aux_residual'] = Conv2d(in_channels=caux, out_channels=cout, kernel=3, down=True,
-                                                                   resample_filter=resample_filter, fused_resample=True, **init)
-                    caux = cout
+                    self.enc[f'{tag}_aux_down'] = Conv2d(in_channels=aux_width, out_channels=aux_width, kernel=0,
+                                                         down=True, resample_filter=resample_filter)
+                    self.enc[f'{tag}_aux_skip'] = Conv2d(in_channels=aux_width, out_channels=width, kernel=1, **init)
+                elif encoder_type == 'residual':
+                    self.enc[f'{tag}_aux_residual'] = Conv2d(in_channels=aux_width, out_channels=width, kernel=3,
+                                                             down=True, resample_filter=resample_filter,
+                                                             fused_resample=True, **init)
+                    aux_width = width
             for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f'{res}x{res}_block{idx}'] = UNetBlock(in_channels=cin, out_channels=cout,
-                                                                attention=(res in attn_resolutions), **block)
-        skip_channels = [b.out_channels for name, b in self.enc.items() if 'aux' not in name]
+                attention = (img_resolution >> level) in attn_resolutions
+                self.enc[f'{tag}_block{idx}'] = block(width, model_channels * mult, attention=attention)
+                width = model_channels * mult
+        skip_widths = [m.out_channels for key, m in self.enc.items() if not _role(key).startswith('aux')]
 
-        # Decoder.
+        # Decoder; attention only in the last block of a resolution. Output heads ('aux_norm',
+        # 'aux_conv') at the top resolution, or at every resolution for decoder_type='skip'.
         self.dec = torch.nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
+        for level in reversed(range(len(channel_mult))):
             res = img_resolution >> level
+            tag = f'{res}x{res}'
             if level == len(channel_mult) - 1:
-                self.dec[f'{res}x{res}_in0'] = UNetBlock(in_channels=cout, out_channels=cout, attention=True, **block)
-                self.dec[f'{res}x{res}_in1'] = UNetBlock(in_channels=cout, out_channels=cout, **block)
+                self.dec[f'{tag}_in0'] = block(width, width, attention=True)
+                self.dec[f'{tag}_in1'] = block(width, width)
             else:
-                self.dec[f'{res}x{res}_up'] = UNetBlock(in_channels=cout, out_channels=cout, up=True, **block)
+                self.dec[f'{tag}_up'] = block(width, width, up=True)
             for idx in range(num_blocks + 1):
-                cin, cout = cout + skip_channels.pop(), model_channels * mult
-                self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(
-                    in_channels=cin, out_channels=cout, attention=(idx == num_blocks and res in attn_resolutions), **block)
+                attention = idx == num_blocks and res in attn_resolutions
+                self.dec[f'{tag}_block{idx}'] = block(width + skip_widths.pop(), model_channels * channel_mult[level],
+                                                      attention=attention)
+                width = model_channels * channel_mult[level]
             if decoder_type == 'skip' or level == 0:
                 if decoder_type == 'skip' and level < len(channel_mult) - 1:
-                    self.dec[f'{res}x{res}_aux_up'] = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=0, up=True,
-                                                             resample_filter=resample_filter)
-                self.dec[f'{res}x{res}_aux_norm'] = GroupNorm(num_channels=cout, eps=1e-6)
-                self.dec[f'{res}x{res}_aux_conv'] = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
+                    self.dec[f'{tag}_aux_up'] = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=0,
+                                                       up=True, resample_filter=resample_filter)
+                self.dec[f'{tag}_aux_norm'] = GroupNorm(num_channels=width, eps=1e-6)
+                self.dec[f'{tag}_aux_conv'] = Conv2d(in_channels=width, out_channels=out_channels, kernel=3, **init_zero)
 
-    def forward(self, x, noise_labels, class_labels, augment_labels=None):
-        emb = self.map_noise(noise_labels)
-        emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(*emb.shape)  # [sin, cos] order, as DDPM++
+    def _embed(self, noise_labels, class_labels, augment_labels, batch):
+        emb = _song_mapping_order(self.map_noise(noise_labels))
         if self.map_label is not None:
-            labels = _drop_labels(self, class_labels, x.shape[0], x.device)
+            labels = _dropped_labels(self, class_labels, batch)
             emb = emb + self.map_label(labels * np.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = silu(self.map_layer1(silu(self.map_layer0(emb))))
+        return silu(self.map_layer1(silu(self.map_layer0(emb))))
+
+    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+        emb = self._embed(noise_labels, class_labels, augment_labels, x.shape[0])
 
         skips = []
-        aux = x
-        for name, layer in self.enc.items():
-            if 'aux_down' in name:
-                aux = layer(aux)
-            elif 'aux_skip' in name:
-                x = skips[-1] = x + layer(aux)
-            elif 'aux_residual' in name:
-                x = skips[-1] = aux = (x + layer(aux)) / np.sqrt(2)
+        image = x  # the extra input path of the 'skip' and 'residual' encoders
+        for key, layer in self.enc.items():
+            role = _role(key)
+            if role == 'aux_down':
+                image = layer(image)
+            elif role == 'aux_skip':
+                x = skips[-1] = x + layer(image)
+            elif role == 'aux_residual':
+                x = skips[-1] = image = (x + layer(image)) / np.sqrt(2)
             else:
-                x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
+                x = layer(x) if role == 'conv' else layer(x, emb)
                 skips.append(x)
 
-        aux = None
+        out = None
         head = None
-        for name, layer in self.dec.items():
-            if 'aux_up' in name:
-                aux = layer(aux)
-            elif 'aux_norm' in name:
+        for key, layer in self.dec.items():
+            role = _role(key)
+            if role == 'aux_up':
+                out = layer(out)
+            elif role == 'aux_norm':
                 head = layer(x)
-            elif 'aux_conv' in name:
+            elif role == 'aux_conv':
                 head = layer(silu(head))
-                aux = head if aux is None else head + aux
+                out = head if out is None else head + out
             else:
-                if x.shape[1] != layer.in_channels:
+                if role.startswith('block'):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = layer(x, emb)
-        return aux
+        return out
 
 
 @persistence.persistent_class
 class DhariwalUNet(torch.nn.Module):
-    """ADM U-Net of Dhariwal & Nichol (2021), as configured by EDM."""
+    """ADM of Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis" (NeurIPS 2021).
+
+    Attention blocks get out_channels // 64 heads, so a resolution with fewer than 64
+    channels gets no attention.
+    """
 
     def __init__(self,
                  img_resolution,                 # Resolution of input and output images.
-                 in_channels,                    # Image channels at the input.
-                 out_channels,                   # Image channels at the output.
-                 label_dim=0,                    # Class label dimensionality; 0 = unconditional.
-                 augment_dim=0,                  # Augmentation label dimensionality; 0 = none.
-                 model_channels=192,             # Base channel count.
-                 channel_mult=[1, 2, 3, 4],      # Channel multiplier per resolution.
-                 channel_mult_emb=4,             # Embedding size, in multiples of model_channels.
-                 num_blocks=3,                   # Residual blocks per resolution.
-                 attn_resolutions=[32, 16, 8],   # Resolutions that get self-attention.
-                 dropout=0.10,                   # Dropout inside residual blocks.
-                 label_dropout=0,                # Class label dropout (classifier-free guidance).
+                 in_channels,                    # Image channels in.
+                 out_channels,                   # Image channels out.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 augment_dim=0,                  # Augmentation label size; 0 = none.
+                 model_channels=192,             # Base channel count, before channel_mult.
+                 channel_mult=[1, 2, 3, 4],      # Channel multiplier of each resolution.
+                 channel_mult_emb=4,             # Embedding width in units of model_channels.
+                 num_blocks=3,                   # Residual blocks per resolution in the encoder.
+                 attn_resolutions=[32, 16, 8],   # Resolutions with self-attention.
+                 dropout=0.10,                   # Dropout rate inside the residual blocks.
+                 label_dropout=0,                # Rate of dropped class labels while training.
                  ):
         super().__init__()
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         init = dict(init_mode='kaiming_uniform', init_weight=np.sqrt(1 / 3), init_bias=np.sqrt(1 / 3))
         init_zero = dict(init_mode='kaiming_uniform', init_weight=0, init_bias=0)
-        block = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init, init_zero=init_zero)
+        block_kwargs = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init, init_zero=init_zero)
+        block = lambda cin, cout, **kw: UNetBlock(in_channels=cin, out_channels=cout, **kw, **block_kwargs)
 
+        # Mapping (creation order matters for the random draws).
         self.map_noise = PositionalEmbedding(num_channels=model_channels)
-        self.map_augment = Linear(in_features=augment_dim, out_features=model_channels, bias=False, **init_zero) if augment_dim else None
+        self.map_augment = None
+        if augment_dim:
+            self.map_augment = Linear(in_features=augment_dim, out_features=model_channels, bias=False, **init_zero)
         self.map_layer0 = Linear(in_features=model_channels, out_features=emb_channels, **init)
         self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
         self.map_label = None
         if label_dim:
+            # Unit-variance output for one-hot labels.
             self.map_label = Linear(in_features=label_dim, out_features=emb_channels, bias=False,
                                     init_mode='kaiming_normal', init_weight=np.sqrt(label_dim))
 
         self.enc = torch.nn.ModuleDict()
-        cout = in_channels
+        width = in_channels
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
+            tag = f'{res}x{res}'
             if level == 0:
-                self.enc[f'{res}x{res}_conv'] = Conv2d(in_channels=cout, out_channels=model_channels * mult, kernel=3, **init)
-                cout = model_channels * mult
+                self.enc[f'{tag}_conv'] = Conv2d(in_channels=width, out_channels=model_channels * mult, kernel=3, **init)
+                width = model_channels * mult
             else:
-                self.enc[f'{res}x{res}_down'] = UNetBlock(in_channels=cout, out_channels=cout, down=True, **block)
+                self.enc[f'{tag}_down'] = block(width, width, down=True)
             for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f'{res}x{res}_block{idx}'] = UNetBlock(in_channels=cin, out_channels=cout,
-                                                                attention=(res in attn_resolutions), **block)
-        skip_channels = [b.out_channels for b in self.enc.values()]
+                self.enc[f'{tag}_block{idx}'] = block(width, model_channels * mult, attention=res in attn_resolutions)
+                width = model_channels * mult
+        skip_widths = [m.out_channels for m in self.enc.values()]
 
         self.dec = torch.nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
+        for level in reversed(range(len(channel_mult))):
             res = img_resolution >> level
+            tag = f'{res}x{res}'
             if level == len(channel_mult) - 1:
-                self.dec[f'{res}x{res}_in0'] = UNetBlock(in_channels=cout, out_channels=cout, attention=True, **block)
-                self.dec[f'{res}x{res}_in1'] = UNetBlock(in_channels=cout, out_channels=cout, **block)
+                self.dec[f'{tag}_in0'] = block(width, width, attention=True)
+                self.dec[f'{tag}_in1'] = block(width, width)
             else:
-                self.dec[f'{res}x{res}_up'] = UNetBlock(in_channels=cout, out_channels=cout, up=True, **block)
+                self.dec[f'{tag}_up'] = block(width, width, up=True)
             for idx in range(num_blocks + 1):
-                cin, cout = cout + skip_channels.pop(), model_channels * mult
-                self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(in_channels=cin, out_channels=cout,
-                                                                attention=(res in attn_resolutions), **block)
-        self.out_norm = GroupNorm(num_channels=cout)
-        self.out_conv = Conv2d(in_channels=cout, out_channels=out_channels, kernel=3, **init_zero)
+                self.dec[f'{tag}_block{idx}'] = block(width + skip_widths.pop(), model_channels * channel_mult[level],
+                                                      attention=res in attn_resolutions)
+                width = model_channels * channel_mult[level]
+        self.out_norm = GroupNorm(num_channels=width)
+        self.out_conv = Conv2d(in_channels=width, out_channels=out_channels, kernel=3, **init_zero)
 
-    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+    def _embed(self, noise_labels, class_labels, augment_labels, batch):
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(silu(self.map_layer0(emb)))
         if self.map_label is not None:
-            emb = emb + self.map_label(_drop_labels(self, class_labels, x.shape[0], x.device))
-        emb = silu(emb)
+            emb = emb + self.map_label(_dropped_labels(self, class_labels, batch))
+        return silu(emb)
 
+    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+        emb = self._embed(noise_labels, class_labels, augment_labels, x.shape[0])
         skips = []
-        for layer in self.enc.values():
-            x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
+        for key, layer in self.enc.items():
+            x = layer(x) if _role(key) == 'conv' else layer(x, emb)
             skips.append(x)
-        for layer in self.dec.values():
-            if x.shape[1] != layer.in_channels:
+        for key, layer in self.dec.items():
+            if _role(key).startswith('block'):
                 x = torch.cat([x, skips.pop()], dim=1)
             x = layer(x, emb)
         return self.out_conv(silu(self.out_norm(x)))
 
 #----------------------------------------------------------------------------
-# Preconditioners (EDM paper, Table 1): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise).
+# Preconditioners. EDM paper, Eq. 7:
+#     D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma)),
+# with the coefficients of Table 1 given by each class's `coefficients(sigma)`.
 
 
-class _Preconditioner(torch.nn.Module):
-    """Shared plumbing: builds the inner model and evaluates D from the four coefficients."""
+def _build_model(model_type, img_resolution, img_channels, out_channels, label_dim, model_kwargs):
+    unets = dict(SongUNet=SongUNet, DhariwalUNet=DhariwalUNet)
+    if model_type not in unets:
+        raise ValueError(f'Unknown model_type "{model_type}"; expected one of {sorted(unets)}')
+    return unets[model_type](img_resolution=img_resolution, in_channels=img_channels, out_channels=out_channels,
+                             label_dim=label_dim, **model_kwargs)
 
-    def _setup(self, img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs, out_channels=None):
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.model = _MODEL_CLASSES[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                                out_channels=img_channels if out_channels is None else out_channels,
-                                                label_dim=label_dim, **model_kwargs)
 
-    def _inputs(self, x, sigma, class_labels, force_fp32):
-        """float32 x, sigma as [N,1,1,1], labels as [N,label_dim] or None, and the model dtype."""
-        x = x.to(torch.float32)
-        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        use_half = self.use_fp16 and not force_fp32 and x.device.type == 'cuda'
-        return x, sigma, class_labels, (torch.float16 if use_half else torch.float32)
+def _common_attributes(net, img_resolution, img_channels, label_dim, use_fp16):
+    net.img_resolution = img_resolution
+    net.img_channels = img_channels
+    net.label_dim = label_dim
+    net.use_fp16 = use_fp16
 
-    def _denoise(self, x, c_skip, c_out, c_in, c_noise, class_labels, dtype, model_kwargs):
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
-        return c_skip * x + c_out * F_x[:, :self.img_channels].to(torch.float32)
 
-    def round_sigma(self, sigma):
-        return torch.as_tensor(sigma)
+def _precondition(net, x, sigma, class_labels, force_fp32, model_kwargs):
+    """Eq. 7 for preconditioner `net`; x is [N, C, H, W], sigma a scalar or [N]."""
+    x = x.to(torch.float32)
+    sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
+    if not net.label_dim:
+        class_labels = None
+    elif class_labels is None:
+        class_labels = torch.zeros([1, net.label_dim], device=x.device)
+    else:
+        class_labels = class_labels.to(torch.float32).reshape(-1, net.label_dim)
+    half = net.use_fp16 and not force_fp32 and x.device.type == 'cuda'
+    dtype = torch.float16 if half else torch.float32
+
+    c_skip, c_out, c_in, c_noise = net.coefficients(sigma)
+    F_x = net.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
+    assert F_x.dtype == dtype
+    # iDDPM's model also predicts variances in its second half of channels; D uses the first.
+    return c_skip * x + c_out * F_x[:, :net.img_channels].to(torch.float32)
 
 
 @persistence.persistent_class
-class VPPrecond(_Preconditioner):
-    """Variance preserving formulation (Song et al. 2021)."""
+class VPPrecond(torch.nn.Module):
+    """Variance preserving formulation (Song et al. 2021); EDM paper Table 1, column VP."""
 
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False,
-                 beta_d=19.9,        # Extent of the noise level schedule.
-                 beta_min=0.1,       # Initial slope of the noise level schedule.
-                 M=1000,             # Number of timesteps of the DDPM formulation.
-                 epsilon_t=1e-5,     # Smallest t used in training.
-                 model_type='SongUNet', **model_kwargs):
+    def __init__(self,
+                 img_resolution,                 # Image resolution.
+                 img_channels,                   # Image channels.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 use_fp16=False,                 # Run the model in float16 (on CUDA only)?
+                 beta_d=19.9,                    # beta_d of the noise schedule.
+                 beta_min=0.1,                   # beta_min of the noise schedule.
+                 M=1000,                         # Number of DDPM timesteps the model is conditioned on.
+                 epsilon_t=1e-5,                 # Smallest t used in training.
+                 model_type='SongUNet',          # Inner model class.
+                 **model_kwargs,                 # Arguments of the inner model.
+                 ):
         super().__init__()
+        _common_attributes(self, img_resolution, img_channels, label_dim, use_fp16)
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
         self.sigma_min = float(self.sigma(epsilon_t))
         self.sigma_max = float(self.sigma(1))
-        self._setup(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.model = _build_model(model_type, img_resolution, img_channels, img_channels, label_dim, model_kwargs)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
-        x, sigma, class_labels, dtype = self._inputs(x, sigma, class_labels, force_fp32)
-        c_in = 1 / (sigma ** 2 + 1).sqrt()
-        c_noise = (self.M - 1) * self.sigma_inv(sigma)
-        return self._denoise(x, 1, -sigma, c_in, c_noise, class_labels, dtype, model_kwargs)
+        return _precondition(self, x, sigma, class_labels, force_fp32, model_kwargs)
+
+    def coefficients(self, sigma):
+        """(c_skip, c_out, c_in, c_noise) = (1, -sigma, 1/sqrt(sigma^2+1), (M-1) t(sigma))."""
+        return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), (self.M - 1) * self.sigma_inv(sigma)
 
     def sigma(self, t):
         """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
@@ -521,44 +633,75 @@ class VPPrecond(_Preconditioner):
         return ((0.5 * self.beta_d * (t ** 2) + self.beta_min * t).exp() - 1).sqrt()
 
     def sigma_inv(self, sigma):
-        """The t with sigma(t) = sigma."""
+        """t(sigma), the inverse of sigma(t): the positive root of a quadratic in t."""
         sigma = torch.as_tensor(sigma)
-        return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
+        root = (self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt()
+        return (root - self.beta_min) / self.beta_d
+
+    def round_sigma(self, sigma):
+        """Continuous-time model: any sigma is supported, returned as a tensor."""
+        return torch.as_tensor(sigma)
 
 
 @persistence.persistent_class
-class VEPrecond(_Preconditioner):
-    """Variance exploding formulation (Song et al. 2021)."""
+class VEPrecond(torch.nn.Module):
+    """Variance exploding formulation (Song et al. 2021); EDM paper Table 1, column VE."""
 
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False,
-                 sigma_min=0.02, sigma_max=100, model_type='SongUNet', **model_kwargs):
+    def __init__(self,
+                 img_resolution,                 # Image resolution.
+                 img_channels,                   # Image channels.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 use_fp16=False,                 # Run the model in float16 (on CUDA only)?
+                 sigma_min=0.02,                 # Smallest noise level of the schedule.
+                 sigma_max=100,                  # Largest noise level of the schedule.
+                 model_type='SongUNet',          # Inner model class.
+                 **model_kwargs,                 # Arguments of the inner model.
+                 ):
         super().__init__()
+        _common_attributes(self, img_resolution, img_channels, label_dim, use_fp16)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self._setup(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.model = _build_model(model_type, img_resolution, img_channels, img_channels, label_dim, model_kwargs)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
-        x, sigma, class_labels, dtype = self._inputs(x, sigma, class_labels, force_fp32)
-        return self._denoise(x, 1, sigma, 1, (0.5 * sigma).log(), class_labels, dtype, model_kwargs)
+        return _precondition(self, x, sigma, class_labels, force_fp32, model_kwargs)
+
+    def coefficients(self, sigma):
+        """(c_skip, c_out, c_in, c_noise) = (1, sigma, 1, log(sigma / 2))."""
+        return 1, sigma, 1, (0.5 * sigma).log()
+
+    def round_sigma(self, sigma):
+        """Continuous-time model: any sigma is supported, returned as a tensor."""
+        return torch.as_tensor(sigma)
 
 
 @persistence.persistent_class
-class iDDPMPrecond(_Preconditioner):
-    """Improved DDPM (Nichol & Dhariwal 2021): a discrete set of M noise levels u_j."""
+class iDDPMPrecond(torch.nn.Module):
+    """Improved DDPM (Nichol & Dhariwal 2021); EDM paper Table 1, column iDDPM.
 
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False,
-                 C_1=0.001,          # Timestep adjustment at low noise levels.
-                 C_2=0.008,          # Timestep adjustment at high noise levels.
-                 M=1000,             # Number of timesteps of the DDPM formulation.
-                 model_type='DhariwalUNet', **model_kwargs):
+    The model knows only the M noise levels u_0 > ... > u_{M-1} (buffer `u`, with u_M = 0).
+    """
+
+    def __init__(self,
+                 img_resolution,                 # Image resolution.
+                 img_channels,                   # Image channels.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 use_fp16=False,                 # Run the model in float16 (on CUDA only)?
+                 C_1=0.001,                      # Lower clip of alpha_bar(j-1)/alpha_bar(j) (low noise).
+                 C_2=0.008,                      # Offset of the cosine schedule (high noise).
+                 M=1000,                         # Number of discrete noise levels.
+                 model_type='DhariwalUNet',      # Inner model class.
+                 **model_kwargs,                 # Arguments of the inner model.
+                 ):
         super().__init__()
+        _common_attributes(self, img_resolution, img_channels, label_dim, use_fp16)
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
-        # The model also predicts variances (2x channels); only the first half is used.
-        self._setup(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs, out_channels=img_channels * 2)
+        self.model = _build_model(model_type, img_resolution, img_channels, img_channels * 2, label_dim, model_kwargs)
+        # u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1) - 1), from u_M = 0 down.
         u = torch.zeros(M + 1)
-        for j in range(M, 0, -1):  # u_{j-1} from u_j, EDM paper Appendix C.3.4
+        for j in reversed(range(1, M + 1)):
             ratio = (self.alpha_bar(j - 1) / self.alpha_bar(j)).clip(min=C_1)
             u[j - 1] = ((u[j] ** 2 + 1) / ratio - 1).sqrt()
         self.register_buffer('u', u)
@@ -566,46 +709,64 @@ class iDDPMPrecond(_Preconditioner):
         self.sigma_max = float(u[0])
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
-        x, sigma, class_labels, dtype = self._inputs(x, sigma, class_labels, force_fp32)
-        c_in = 1 / (sigma ** 2 + 1).sqrt()
-        c_noise = self.M - 1 - self.round_sigma(sigma, return_index=True).to(torch.float32)
-        return self._denoise(x, 1, -sigma, c_in, c_noise, class_labels, dtype, model_kwargs)
+        return _precondition(self, x, sigma, class_labels, force_fp32, model_kwargs)
+
+    def coefficients(self, sigma):
+        """(c_skip, c_out, c_in, c_noise) = (1, -sigma, 1/sqrt(sigma^2+1), M - 1 - argmin_j |u_j - sigma|)."""
+        j = self.round_sigma(sigma, return_index=True).to(torch.float32)
+        return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), self.M - 1 - j
 
     def alpha_bar(self, j):
+        """Cosine schedule alpha_bar(j) = sin^2(pi/2 * j / (M (C_2 + 1)))."""
         j = torch.as_tensor(j)
         return (0.5 * np.pi * j / self.M / (self.C_2 + 1)).sin() ** 2
 
     def round_sigma(self, sigma, return_index=False):
-        """The nearest level u_j (or its index j) for every element of sigma."""
+        """The nearest level u_j to each element of sigma (or its index j), in sigma's shape.
+
+        Distances come from torch.cdist, as in EDM, so ties near midpoints resolve the same way.
+        """
         sigma = torch.as_tensor(sigma)
-        distance = torch.cdist(sigma.to(self.u.device).to(torch.float32).reshape(1, -1, 1), self.u.reshape(1, -1, 1))
-        index = distance.argmin(2)
+        queries = sigma.to(self.u.device).to(torch.float32).reshape(1, -1, 1)
+        index = torch.cdist(queries, self.u.reshape(1, -1, 1)).argmin(2)
         result = index if return_index else self.u[index.flatten()].to(sigma.dtype)
         return result.reshape(sigma.shape).to(sigma.device)
 
 
 @persistence.persistent_class
-class EDMPrecond(_Preconditioner):
-    """EDM's preconditioning (paper Section 5, Table 1)."""
+class EDMPrecond(torch.nn.Module):
+    """The EDM paper's preconditioning; Table 1, column "ours", and Section 5."""
 
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False,
-                 sigma_min=0, sigma_max=float('inf'),
-                 sigma_data=0.5,     # Expected standard deviation of the training data.
-                 model_type='DhariwalUNet', **model_kwargs):
+    def __init__(self,
+                 img_resolution,                 # Image resolution.
+                 img_channels,                   # Image channels.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 use_fp16=False,                 # Run the model in float16 (on CUDA only)?
+                 sigma_min=0,                    # Smallest supported noise level.
+                 sigma_max=float('inf'),         # Largest supported noise level.
+                 sigma_data=0.5,                 # Standard deviation of the data.
+                 model_type='DhariwalUNet',      # Inner model class.
+                 **model_kwargs,                 # Arguments of the inner model.
+                 ):
         super().__init__()
+        _common_attributes(self, img_resolution, img_channels, label_dim, use_fp16)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self._setup(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.model = _build_model(model_type, img_resolution, img_channels, img_channels, label_dim, model_kwargs)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
-        x, sigma, class_labels, dtype = self._inputs(x, sigma, class_labels, force_fp32)
-        sd2 = self.sigma_data ** 2
-        c_skip = sd2 / (sigma ** 2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma ** 2 + sd2).sqrt()
-        c_in = 1 / (sd2 + sigma ** 2).sqrt()
-        c_noise = sigma.log() / 4
-        return self._denoise(x, c_skip, c_out, c_in, c_noise, class_labels, dtype, model_kwargs)
+        return _precondition(self, x, sigma, class_labels, force_fp32, model_kwargs)
 
+    def coefficients(self, sigma):
+        """c_skip = s_d^2/(sigma^2+s_d^2), c_out = sigma s_d/sqrt(sigma^2+s_d^2),
+        c_in = 1/sqrt(sigma^2+s_d^2), c_noise = ln(sigma)/4, with s_d = sigma_data."""
+        var_data = self.sigma_data ** 2
+        c_skip = var_data / (sigma ** 2 + var_data)
+        c_out = sigma * self.sigma_data / (sigma ** 2 + var_data).sqrt()
+        c_in = 1 / (var_data + sigma ** 2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
 
-_MODEL_CLASSES = dict(SongUNet=SongUNet, DhariwalUNet=DhariwalUNet)
+    def round_sigma(self, sigma):
+        """Continuous-time model: any sigma is supported, returned as a tensor."""
+        return torch.as_tensor(sigma)
