@@ -69,9 +69,11 @@ def options_record(network, class_idx, options):
     return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options))
 
 
-def check_options_record(outdir, record):
-    """Raise GenerateError if outdir holds images made with other options."""
+def check_options_record(outdir, record, existing):
+    """Raise GenerateError if `existing` PNGs in outdir were made with options other than `record`."""
     path = os.path.join(outdir, OPTIONS_RECORD)
+    if not existing:
+        return
     try:
         with open(path, encoding='utf8') as f:
             old = json.load(f)
@@ -201,7 +203,7 @@ def _on_rank0(fn):
     return result
 
 
-def _prepare_outdir(outdir, resume, record):
+def _check_outdir(outdir):
     try:
         os.makedirs(outdir, exist_ok=True)
         with dnnlib.util.atomic_write(os.path.join(outdir, '.write-test')) as f:
@@ -209,8 +211,12 @@ def _prepare_outdir(outdir, resume, record):
         os.remove(os.path.join(outdir, '.write-test'))
     except OSError as err:
         raise GenerateError(f'cannot write to --outdir {outdir}: {err.strerror or err}') from None
+
+
+def _record_options(outdir, seeds, subdirs, resume, record):
     if resume:
-        check_options_record(outdir, record)
+        existing = any(os.path.isfile(image_path(outdir, seed, subdirs)) for seed in seeds)
+        check_options_record(outdir, record, existing)
     write_options_record(outdir, record)
 
 
@@ -232,13 +238,15 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         raise GenerateError('--network is required (an EDM pickle, weights-only file or URL)')
     device = dist.init(device)
     try:
-        _on_rank0(lambda: _prepare_outdir(outdir, resume, options_record(network, class_idx, options)))
+        _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
         net = _on_rank0(lambda: _load(network, device))
         if dist.get_rank() != 0:
             net = _load(network, device)
         check_class(net, class_idx)
         sigma_range(net, options)
+        record = options_record(network, class_idx, options)
+        _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         dist.print0(f'Generating {len(seeds)} images with {options.solver}, {options.num_steps} steps '
                     f'({options.nfe} evaluations each) to "{outdir}"')
         stats = generate_images(net, seeds, outdir, options, subdirs=subdirs, class_idx=class_idx,

@@ -165,8 +165,8 @@ class VPSchedule:
         return ((self.beta_min ** 2 + 2 * self.beta_d * (sigma ** 2 + 1).log()).sqrt() - self.beta_min) / self.beta_d
 
 
-def _per_sample(v):
-    # Scalars and 0-dim tensors broadcast as they are; [N] tensors become [N, 1, 1, 1].
+def per_sample(v):
+    """v broadcast against [N, C, H, W]: [N] tensors become [N, 1, 1, 1]."""
     return v.reshape(-1, 1, 1, 1) if isinstance(v, torch.Tensor) and v.ndim > 0 else v
 
 
@@ -202,21 +202,21 @@ class TimeParam:
 
     def network_input(self, x, t):
         """x / s(t): the unscaled noisy image the denoiser expects."""
-        return x / _per_sample(self.s(t)) if self.vp_scaling else x
+        return x / per_sample(self.s(t)) if self.vp_scaling else x
 
     def rescale(self, x, t_from, t_to):
         """The same unscaled image expressed at time t_to instead of t_from."""
-        return _per_sample(self.s(t_to) / self.s(t_from)) * x if self.vp_scaling else x
+        return per_sample(self.s(t_to) / self.s(t_from)) * x if self.vp_scaling else x
 
     def derivative(self, x, denoised, t):
         """dx/dt of EDM Eq. 4 given the denoiser output at (x, t)."""
         if self.is_edm:
-            return (x - denoised) / _per_sample(t)  # EDM Algorithm 2, line 7
+            return (x - denoised) / per_sample(t)  # EDM Algorithm 2, line 7
         sigma, sigma_deriv = self.sigma(t), self.schedule.sigma_deriv(t)
         if not self.vp_scaling:
-            return _per_sample(sigma_deriv / sigma) * x - _per_sample(sigma_deriv / sigma) * denoised
+            return per_sample(sigma_deriv / sigma) * x - per_sample(sigma_deriv / sigma) * denoised
         s, s_deriv = self.s(t), self.s_deriv(t)
-        return _per_sample(sigma_deriv / sigma + s_deriv / s) * x - _per_sample(sigma_deriv * s / sigma) * denoised
+        return per_sample(sigma_deriv / sigma + s_deriv / s) * x - per_sample(sigma_deriv * s / sigma) * denoised
 
 
 def time_param(schedule, scaling, sigma_min, sigma_max):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import denoisers
-from .schedules import TimeParam
+from .schedules import TimeParam, per_sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +32,12 @@ NO_CHURN = Churn()
 
 
 def _churn_step(x, t_cur, gamma, noise, churn, ode):
-    """(x_hat, t_hat): the state after churn; `noise` is None when no step adds noise."""
+    """(x_hat, t_hat): the state after churn (EDM Algorithm 2, lines 4-5); `noise` is None
+    when it would be multiplied by zero."""
     sigma_cur = ode.sigma(t_cur)
     t_hat = ode.t(churn.round_sigma(sigma_cur + gamma * sigma_cur))
     x_hat = ode.rescale(x, t_cur, t_hat)
-    if gamma > 0:
+    if noise is not None:
         amplitude = (ode.sigma(t_hat) ** 2 - sigma_cur ** 2).clip(min=0).sqrt()
         if ode.vp_scaling:
             amplitude = amplitude * ode.s(t_hat)
@@ -58,7 +59,10 @@ def _solve(order, denoiser, latents, sigmas, randn_like, class_labels, churn, ti
         raise ValueError('sigmas must be a non-increasing tensor of positive levels followed by 0')
     t_steps = torch.cat([ode.t(sigmas[:-1].to(torch.float64)), torch.zeros_like(sigmas[:1], dtype=torch.float64)])
     gammas = [churn.gamma(sigma, num_steps) for sigma in levels[:-1]]
-    draw_noise = any(g > 0 for g in gammas)  # EDM draws at every step; draws are only unused when no step adds noise
+    # EDM draws noise at every step. The draws can be skipped only when they are always scaled
+    # by zero: no churn, and sigma(t) = t (other schedules round-trip t_hat = t(sigma(t_cur))
+    # inexactly, and EDM then adds noise of ~1e-8 even without churn).
+    draw_noise = any(g > 0 for g in gammas) or not ode.is_edm
 
     x_next = ode.initial_state(latents, t_steps[0])
     for i in range(num_steps):
@@ -69,19 +73,20 @@ def _solve(order, denoiser, latents, sigmas, randn_like, class_labels, churn, ti
         if time_shift is not None and time_shift.active(i, levels[i]):
             x_hat, t_hat = _shift_step(x_hat, t_hat, levels[i + 1], time_shift, ode)
         h = t_next - t_hat
-        if h.ndim > 0:
-            h = h.reshape(-1, 1, 1, 1)
 
         # Euler step (EDM Algorithm 2, lines 6-8).
         denoised = D(ode.network_input(x_hat, t_hat), ode.sigma(t_hat), class_labels)
         d_cur = ode.derivative(x_hat, denoised, t_hat)
-        x_next = x_hat + h * d_cur
+        x_next = x_hat + per_sample(h) * d_cur
 
-        # Second-order correction, skipped on the last step (lines 9-11).
+        # Second-order correction, skipped on the last step (lines 9-11). EDM evaluates it at
+        # t_next in edm_sampler and at t_hat + h in ablation_sampler (the only one with other
+        # schedules); the two differ in the last bit, and each form is kept where EDM uses it.
         if order == 2 and i < num_steps - 1:
-            denoised = D(ode.network_input(x_next, t_next), ode.sigma(t_next), class_labels)
-            d_prime = ode.derivative(x_next, denoised, t_next)
-            x_next = x_hat + h * (0.5 * d_cur + 0.5 * d_prime)
+            t_prime = t_next if ode.is_edm else t_hat + h
+            denoised = D(ode.network_input(x_next, t_prime), ode.sigma(t_prime), class_labels)
+            d_prime = ode.derivative(x_next, denoised, t_prime)
+            x_next = x_hat + per_sample(h) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
 
 
