@@ -55,6 +55,15 @@ def _fresh_training_stats(monkeypatch):
         monkeypatch.setattr(training_stats, name, value)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets run as fast on one thread, and a second thread stalls badly when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_cli(args):
     return CliRunner().invoke(train.main, args, prog_name='train.py')
 
