@@ -301,7 +301,8 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
     Generative Models" (EDM), with epsilon scaling and time shift against exposure bias.
 
     Image SEED is written to OUTDIR/SEED.png (6 digits; --subdirs: OUTDIR/THOUSAND/SEED.png).
-    A restarted run skips the images that exist. The defaults give EDM's images.
+    A restarted run skips the images that exist. The defaults give EDM's images;
+    docs/sampling.md defines epsilon scaling and the time shift.
 
     Examples:
 

@@ -17,19 +17,11 @@ from click.testing import CliRunner
 
 import generate
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels
-from test_samplers import tiny_net
+from test_samplers import _one_thread, tiny_net  # noqa: F401 (_one_thread: autouse fixture)
 from torch_utils import images as image_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=ROOT)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope='module')

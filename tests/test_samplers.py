@@ -28,6 +28,7 @@ def tiny_net(precond='EDMPrecond', label_dim=0, channels=3, resolution=8, seed=0
 
 @pytest.fixture(autouse=True)
 def _one_thread():
+    """Tiny networks on one thread: faster on busy cores, and the EDM figures were taken so."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
