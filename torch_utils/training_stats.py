@@ -14,15 +14,16 @@ import dnnlib
 
 _rank = 0
 _sync_device = None     # None: single process, nothing to all-reduce.
-_sync_called = False
 _counters = dict()      # name -> device -> float64 tensor [count, sum, sum of squares]
 _totals = dict()        # name -> float64 CPU tensor, cumulative over the whole run
 
 
 def init_multiprocessing(rank, sync_device):
-    """Set this process's rank and the device used for the all-reduce (None: no all-reduce)."""
+    """Set this process's rank and the device used for the all-reduce (None: no all-reduce).
+
+    Calling it again (e.g. several tools run in one process) is allowed; counters are kept.
+    """
     global _rank, _sync_device
-    assert not _sync_called, 'init_multiprocessing() must come before the first Collector.update()'
     _rank = rank
     _sync_device = sync_device
 
@@ -49,10 +50,8 @@ def report0(name, value):
 
 def _sync(names):
     """Fold per-device counters into the cumulative totals, all-reduced across ranks."""
-    global _sync_called
     if not names:
         return []
-    _sync_called = True
     device = _sync_device if _sync_device is not None else torch.device('cpu')
     deltas = []
     for name in names:
