@@ -1,7 +1,14 @@
 import os
 import sys
 
+# The test networks are tiny: a second intra-op thread only adds stalls when the cores are
+# busy (CI has 2). Subprocesses (CLI and torchrun tests) inherit this too.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

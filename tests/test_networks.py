@@ -67,13 +67,6 @@ SIGMAS = {'VPPrecond': [0.02, 0.7, 40.0], 'VEPrecond': [0.02, 1.5, 60.0],
           'iDDPMPrecond': [0.01, 1.5, 60.0], 'EDMPrecond': [0.002, 1.5, 60.0]}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # These networks are tiny: intra-op threads only add contention on a busy machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _build(precond, arch, seed=0, **kwargs):

@@ -51,17 +51,10 @@ def data(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _fresh_training_stats(monkeypatch):
     """Each training run starts with empty statistics, as in a fresh process."""
-    for name, value in dict(_rank=0, _sync_device=None, _sync_called=False, _counters=dict(), _totals=dict()).items():
+    for name, value in dict(_rank=0, _sync_device=None, _counters=dict(), _totals=dict()).items():
         monkeypatch.setattr(training_stats, name, value)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run as fast on one thread, and a second thread stalls badly when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(args):
