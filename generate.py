@@ -220,15 +220,16 @@ def _record_options(outdir, seeds, subdirs, resume, record):
     write_options_record(outdir, record)
 
 
-def _load(network, device):
+def _load(network, device, allow_pickle_code=None):
     try:
-        return loader.load_network(network, device=device, verbose=(dist.get_rank() == 0))
+        return loader.load_network(network, device=device, verbose=(dist.get_rank() == 0),
+                                   allow_pickle_code=allow_pickle_code)
     except loader.NetworkLoadError as err:
         raise GenerateError(str(err)) from None
 
 
 def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_batch_size=64, device=None,
-        resume=True, grid=None):
+        resume=True, grid=None, allow_pickle_code=None):
     """The command line's work inside a torchrun process group (or a single process)."""
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
@@ -240,9 +241,9 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
     try:
         _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
-        net = _on_rank0(lambda: _load(network, device))
+        net = _on_rank0(lambda: _load(network, device, allow_pickle_code))
         if dist.get_rank() != 0:
-            net = _load(network, device)
+            net = _load(network, device, allow_pickle_code)
         check_class(net, class_idx)
         sigma_range(net, options)
         record = options_record(network, class_idx, options)
@@ -278,6 +279,7 @@ def _options_from_cli(kwargs):
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--resume/--no-resume', help='Skip seeds whose PNG exists (refused if outdir was made with other options)', default=True, show_default=True)
 @click.option('--grid', help=f'Also write a grid of the images (first {GRID_MAX_IMAGES} seeds)', metavar='PNG', type=str, default=None)
+@click.option('--allow-pickle-code', help='Run the code stored in the network pickle (EDM behaviour; trusted files only)', is_flag=True, default=None)
 @click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=str, default=None)
 @click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
 @click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
@@ -296,7 +298,7 @@ def _options_from_cli(kwargs):
 @click.option('--ts_window', help='Time shift window in grid positions each side; 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=click.FloatRange(min=0))
-def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, device, **sampler_kwargs):
+def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, allow_pickle_code, device, **sampler_kwargs):
     """Generate images using the samplers of "Elucidating the Design Space of Diffusion-Based
     Generative Models" (EDM), with epsilon scaling and time shift against exposure bias.
 
@@ -331,7 +333,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
     try:
         options = _options_from_cli(sampler_kwargs)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-            device=device, resume=resume, grid=grid)
+            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code)
     except (GenerateError, SamplerOptionError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line
