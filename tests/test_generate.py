@@ -17,11 +17,10 @@ from click.testing import CliRunner
 
 import generate
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels
-from test_samplers import _one_thread, tiny_net  # noqa: F401 (_one_thread: autouse fixture)
+from test_samplers import tiny_net
 from torch_utils import images as image_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=ROOT)
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +63,8 @@ def generated(tmp_path, pickles, name, *args, net='cond'):
 
 #----------------------------------------------------------------------------
 # Parity with NVIDIA's EDM (and EDM-ES): figures of the PNGs that their generate.py wrote for
-# the same pickles (tiny_net(...) networks), seeds 0-7, --batch=8, on the CPU with 1 thread:
+# the same pickles (tiny_net(...) networks), seeds 0-7, --batch=8, on the CPU with 1 thread
+# (conftest.py runs the tests on one thread):
 # (sum of all pixel values, sum of pixel value * (flat index mod 251)).
 
 EDM_FIGURES = [
@@ -113,7 +113,7 @@ def test_same_images_for_any_batch_size(tmp_path, pickles):
 def torchrun(nproc, outdir, network, *args):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
            os.path.join(ROOT, 'generate.py'), f'--network={network}', f'--outdir={outdir}', *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_same_bytes_for_one_or_two_processes(tmp_path, pickles):
@@ -162,7 +162,7 @@ def test_resume_after_sigkill(tmp_path, pickles):
     args = ['--seeds=0-23', '--batch=1', '--steps=10', '--subdirs']
     out = tmp_path / 'killed'
     proc = subprocess.Popen([sys.executable, 'generate.py', f'--network={pickles["cond"]}', f'--outdir={out}', *args],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while len(pngs(out)) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)

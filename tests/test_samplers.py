@@ -26,15 +26,6 @@ def tiny_net(precond='EDMPrecond', label_dim=0, channels=3, resolution=8, seed=0
     return net.eval().requires_grad_(False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks on one thread: faster on busy cores, and the EDM figures were taken so."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope='module')
 def net():
     return tiny_net()
