@@ -28,6 +28,7 @@ import PIL.Image
 from tqdm import tqdm
 
 import dnnlib.util
+from torch_utils import images as image_io
 
 TRANSFORMS = ('center-crop', 'center-crop-wide')
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps keep the ZIP byte-identical across runs
@@ -118,12 +119,6 @@ def transform_image(img: np.ndarray, transform: Optional[str], resolution: Optio
         return canvas
     raise ValueError(f'unknown transform {transform!r}')
 
-
-def encode_png(img: np.ndarray) -> bytes:
-    """Encode HW or HW3 uint8 pixels as an uncompressed PNG (EDM's settings)."""
-    buf = io.BytesIO()
-    PIL.Image.fromarray(img).save(buf, format='png', compress_level=0, optimize=False)
-    return buf.getvalue()
 
 #----------------------------------------------------------------------------
 # Sources. Each lists its items up front (cheap) and loads one item by index (in any
@@ -428,7 +423,7 @@ def process_items(source: ImageSource, transform, resolution, start: int, stop: 
         if img is None:
             out.append((None, ()))
         else:
-            out.append((encode_png(img), (img.shape[1], img.shape[0], img.shape[2] if img.ndim == 3 else 1)))
+            out.append((image_io.encode_png(img, compress_level=0), (img.shape[1], img.shape[0], img.shape[2] if img.ndim == 3 else 1)))
     return out
 
 

@@ -22,7 +22,8 @@ from torch_utils import distributed as dist
 from torch_utils import images as image_io
 from training import loader
 
-DEFAULT_NETWORK = None      # A bundled model's path, once the project ships one.
+# The bundled class-conditional MNIST model (docs/bundled-model.md), used when --network is not given.
+DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'models', 'mnist-cond-32x32.pkl')
 OPTIONS_RECORD = 'generate-options.json'
 GRID_MAX_IMAGES = 1024
 
@@ -187,20 +188,7 @@ def write_grid(path, outdir, seeds, subdirs=False, max_images=GRID_MAX_IMAGES):
 
 def _on_rank0(fn):
     """Run fn() on rank 0; every process raises GenerateError if it failed there."""
-    error = None
-    result = None
-    if dist.get_rank() == 0:
-        try:
-            result = fn()
-        except GenerateError as err:
-            error = str(err)
-    if dist.get_world_size() > 1:
-        message = [error]
-        torch.distributed.broadcast_object_list(message, src=0)
-        error = message[0]
-    if error is not None:
-        raise GenerateError(error)
-    return result
+    return dist.run_on_rank0(fn, GenerateError)
 
 
 def _check_outdir(outdir):
@@ -234,16 +222,15 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
     if network is None:
+        if not os.path.isfile(DEFAULT_NETWORK):
+            raise GenerateError(f'no --network given and the bundled model {DEFAULT_NETWORK} is missing '
+                                '(pass an EDM pickle, weights-only file or URL)')
         network = DEFAULT_NETWORK
-    if network is None:
-        raise GenerateError('--network is required (an EDM pickle, weights-only file or URL)')
     device = dist.init(device)
     try:
         _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
-        net = _on_rank0(lambda: _load(network, device, allow_pickle_code))
-        if dist.get_rank() != 0:
-            net = _load(network, device, allow_pickle_code)
+        net = dist.leader_first(lambda: _load(network, device, allow_pickle_code), GenerateError)
         check_class(net, class_idx)
         sigma_range(net, options)
         record = options_record(network, class_idx, options)
@@ -271,7 +258,7 @@ def _options_from_cli(kwargs):
 
 
 @click.command(context_settings=dict(max_content_width=120))
-@click.option('--network', 'network', help='Network pickle or weights-only file', metavar='PATH|URL', type=str, default=DEFAULT_NETWORK)
+@click.option('--network', 'network', help='Network pickle or weights-only file  [default: the bundled MNIST model]', metavar='PATH|URL', type=str, default=None)
 @click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str, required=True)
 @click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True)
 @click.option('--subdirs', help='Create a subdirectory for every 1000 seeds', is_flag=True)

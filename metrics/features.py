@@ -18,25 +18,8 @@ from .detector import MetricError, one_line
 
 
 def leader_first(fn):
-    """Run fn() on rank 0, then on the other ranks (downloads land in the cache once).
-
-    A MetricError on rank 0 is raised on every rank.
-    """
-    result, message = None, None
-    if dist.get_rank() == 0:
-        try:
-            result = fn()
-        except MetricError as err:
-            message = str(err)
-    if dist.get_world_size() > 1:
-        box = [message]
-        torch.distributed.broadcast_object_list(box, src=0)
-        message = box[0]
-    if message is not None:
-        raise MetricError(message)
-    if dist.get_rank() != 0:
-        result = fn()
-    return result
+    """Run fn() on rank 0, then on the other ranks; a MetricError on rank 0 is raised everywhere."""
+    return dist.leader_first(fn, MetricError)
 
 
 def _first_error_of_all_ranks(message):

@@ -229,14 +229,15 @@ def test_one_line_errors(tmp_path, pickles, args, message):
     assert not pngs(tmp_path)
 
 
-def test_one_line_errors_for_network_and_outdir(tmp_path, pickles):
+def test_one_line_errors_for_network_and_outdir(tmp_path, pickles, monkeypatch):
+    monkeypatch.setattr(generate, 'DEFAULT_NETWORK', str(tmp_path / 'no-bundled-model.pkl'))
     (tmp_path / 'junk.pkl').write_bytes(b'not a pickle')
     (tmp_path / 'file').write_text('x')
     cases = [
         ([f'--network={pickles["uncond"]}', '--class=0'], 'network is unconditional'),
         ([f'--network={tmp_path / "junk.pkl"}'], 'cannot load network'),
         ([f'--network={tmp_path / "missing.pkl"}'], 'no such file'),
-        ([], '--network is required'),
+        ([], 'no --network given and the bundled model'),
         ([f'--network={pickles["cond"]}', f'--outdir={tmp_path / "file" / "sub"}'], 'cannot write to --outdir'),
     ]
     for args, message in cases:
@@ -303,3 +304,12 @@ def test_png_writes_are_atomic(tmp_path, monkeypatch):
 def test_to_uint8_quantises_like_edm():
     x = torch.tensor([-1.5, -1.0, -0.0039, 0.0, 0.99, 1.0, 2.0], dtype=torch.float64).reshape(1, 1, 1, -1)
     assert image_io.to_uint8(x).reshape(-1).tolist() == [0, 0, 127, 128, 254, 255, 255]
+
+
+def test_default_network_is_used_when_none_given(tmp_path, pickles, monkeypatch):
+    monkeypatch.setattr(generate, 'DEFAULT_NETWORK', str(pickles['cond']))
+    result = cli(f'--outdir={tmp_path / "default"}', '--seeds=0-1', '--steps=2', '--class=1')
+    assert result.exit_code == 0, result.output
+    explicit = cli(f'--outdir={tmp_path / "explicit"}', '--seeds=0-1', '--steps=2', '--class=1', f'--network={pickles["cond"]}')
+    assert explicit.exit_code == 0, explicit.output
+    assert pngs(tmp_path / 'default') == pngs(tmp_path / 'explicit') and len(pngs(tmp_path / 'default')) == 2

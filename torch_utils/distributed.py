@@ -82,3 +82,30 @@ def print0(*args, **kwargs) -> None:
     """print() on rank 0 only."""
     if get_rank() == 0:
         print(*args, **kwargs)
+
+
+def run_on_rank0(fn, error_type):
+    """Run fn() on rank 0 only; an `error_type` raised there is raised on every rank.
+
+    Returns fn()'s result on rank 0 and None elsewhere. Used for work that must happen once
+    (checking or creating an output folder, filling the download cache) before the others go on.
+    """
+    result, message = None, None
+    if get_rank() == 0:
+        try:
+            result = fn()
+        except error_type as err:
+            message = str(err)
+    if get_world_size() > 1:
+        box = [message]
+        torch.distributed.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise error_type(message)
+    return result
+
+
+def leader_first(fn, error_type):
+    """Run fn() on rank 0 first (e.g. to fill the download cache), then on the other ranks."""
+    result = run_on_rank0(fn, error_type)
+    return result if get_rank() == 0 else fn()
