@@ -232,6 +232,7 @@ def _log_to(path):
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',              type=click.IntRange(min=0))
 @click.option('--transfer',      help='Transfer learning from network pickle', metavar='PKL|URL',   type=str)
 @click.option('--resume',        help='Resume from previous training state', metavar='PT',          type=str)
+@click.option('--allow-pickle-code', help='Run code stored in the --transfer pickle (trusted files only)', is_flag=True)
 @click.option('-n', '--dry-run', help='Print training options and exit',                            is_flag=True)
 def main(**kwargs):
     """Train diffusion-based generative model using the techniques described in the
@@ -267,6 +268,8 @@ def main(**kwargs):
     dist.init()
     c, desc = training_config(opts, world_size=dist.get_world_size())
     c.seed = _pick_seed(opts.seed)
+    if opts.allow_pickle_code:
+        c.allow_pickle_code = True
     c.run_dir = _run_dir(opts.outdir, desc, opts.nosubdir) if dist.get_rank() == 0 else None
 
     dist.print0()

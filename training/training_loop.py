@@ -108,6 +108,7 @@ def training_loop(
     snapshot_ticks      = 50,       # How often to save network snapshots, None = disable.
     state_dump_ticks    = 500,      # How often to dump the training state, None = disable.
     resume_pkl          = None,     # Start from the weights of this network pickle, None = random init.
+    allow_pickle_code   = None,     # Run code stored in resume_pkl (EDM's loading), None = $EDMKIT_ALLOW_PICKLE_CODE.
     resume_state_dump   = None,     # Continue from this training state dump, None = fresh start.
     resume_kimg         = 0,        # Progress of the run being resumed (informational; the dump has it).
     cudnn_benchmark     = True,     # Enable torch.backends.cudnn.benchmark?
@@ -177,7 +178,7 @@ def training_loop(
     if resume_pkl is not None and state is None:
         from training.loader import load_network
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        source = load_network(resume_pkl, verbose=(rank == 0))
+        source = load_network(resume_pkl, verbose=(rank == 0), allow_pickle_code=allow_pickle_code)
         misc.copy_params_and_buffers(src_module=source, dst_module=net, require_all=False)
         misc.copy_params_and_buffers(src_module=source, dst_module=ema, require_all=False)
         del source
