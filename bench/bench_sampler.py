@@ -1,0 +1,175 @@
+"""Sampler overhead: wall time of sampling over (NFE x wall time of one network forward).
+
+    python bench/bench_sampler.py                                  # tiny and CIFAR-10 DDPM++ nets
+    python bench/bench_sampler.py --net=cifar10 --batch=4 --steps=4 --repeat=5
+    python bench/bench_sampler.py --net=tiny --profile             # where the time goes
+
+The sampler is called exactly as generate.py calls it (Sampler, SamplerOptions, SeedNoise,
+latents_and_labels). In every repeat the network forward is timed NFE times on the same
+inputs the solver gives it (float64 state, 0-dim float64 sigma, the same labels, no_grad),
+then the sampler runs once; the ratio of the two sums is 1 when the solver, epsilon scaling
+and time shift cost nothing next to the network. Weights are random: speed does not depend
+on them.
+
+Columns: `ratio` is the median over repeats of sampling / (NFE x forward); `best-of` is the
+fastest sampling over NFE x the fastest forward. On a shared machine both move by a few
+percent with the load of other processes, so `solver ms` times the sampler once more with a
+network that does nothing (NullNet), and `1+solver/net` = 1 + that time / (NFE x forward)
+is the overhead estimate that load hardly moves.
+"""
+
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+
+import click
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
+from training import networks  # noqa: E402
+
+# EDM's CIFAR-10 DDPM++ network (train.py --arch=ddpmpp --cond=1), about 56M parameters.
+CIFAR10_DDPMPP = dict(img_resolution=32, img_channels=3, label_dim=10, model_type='SongUNet',
+                      embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                      channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],
+                      num_blocks=4, attn_resolutions=[16], dropout=0.13)
+TINY = dict(img_resolution=8, img_channels=3, label_dim=10, model_type='SongUNet', model_channels=8,
+            channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+NETS = dict(tiny=TINY, cifar10=CIFAR10_DDPMPP)
+
+# (name, options) for each measured variant; ES and TS use the values of the EDM-ES/TS-DPM papers' scale.
+VARIANTS = [
+    ('euler', dict(solver='euler')),
+    ('heun', dict(solver='heun')),
+    ('euler ES', dict(solver='euler', eps_scaler=1.005)),
+    ('heun ES', dict(solver='heun', eps_scaler=1.005)),
+    ('euler TS', dict(solver='euler', ts_window=5)),
+    ('heun TS', dict(solver='heun', ts_window=5)),
+]
+
+
+def build_net(name, seed=0):
+    """A random-weight EDMPrecond network of the named configuration, in eval mode."""
+    torch.manual_seed(seed)
+    return networks.EDMPrecond(**NETS[name]).eval().requires_grad_(False)
+
+
+def draw(net, seeds):
+    noise = SeedNoise(seeds)
+    shape = [net.img_channels, net.img_resolution, net.img_resolution]
+    latents, labels = latents_and_labels(noise, shape, net.label_dim)
+    return latents, labels, noise
+
+
+class NullNet(torch.nn.Module):
+    """Costs (almost) nothing but answers like `net`: same attributes, float32 output of the
+    input's shape. Sampling with it times everything but the network."""
+
+    def __init__(self, net):
+        super().__init__()
+        for name in ('img_resolution', 'img_channels', 'label_dim', 'sigma_min', 'sigma_max', 'sigma_data'):
+            setattr(self, name, getattr(net, name))
+        self.round_sigma = net.round_sigma
+
+    def forward(self, x, sigma, class_labels=None):
+        return x.to(torch.float32)
+
+
+def time_sampler(sampler, net, seeds):
+    latents, labels, noise = draw(net, seeds)
+    start = time.perf_counter()
+    sampler(latents, labels, noise.randn_like)
+    return time.perf_counter() - start
+
+
+def time_forwards(net, x, labels, sigmas):
+    """Seconds for one forward per level in `sigmas`, called as the solver calls the network."""
+    with torch.no_grad():
+        start = time.perf_counter()
+        for sigma in sigmas:
+            net(x, sigma, labels)
+        return time.perf_counter() - start
+
+
+def measure(net, options, batch, repeat):
+    """(median ratio, best-of ratio, median sampling seconds, median forward seconds per call) over
+    `repeat` runs after one warm-up. The best-of ratio (fastest sampling over fastest forwards)
+    is the less load-sensitive figure on a shared machine."""
+    sampler = Sampler(net, options)
+    seeds = list(range(batch))
+    latents, labels, _ = draw(net, seeds)
+    x = latents.to(torch.float64) * float(sampler.sigmas[0])
+    # The levels the network sees, one per evaluation (Heun: twice per step but the last).
+    levels = sampler.sigmas[:-1].to(torch.float64)
+    sigmas = [levels[i] for i in range(len(levels))]
+    sigmas += [levels[i] for i in range(1, len(levels))] if options.solver == 'heun' else []
+    assert len(sigmas) == options.nfe
+    ratios, sample_times, forward_times = [], [], []
+    for r in range(repeat + 1):
+        t_fwd = time_forwards(net, x, labels, sigmas)
+        t_sample = time_sampler(sampler, net, seeds)
+        if r > 0:  # the first round is the warm-up
+            ratios.append(t_sample / t_fwd)
+            sample_times.append(t_sample)
+            forward_times.append(t_fwd / options.nfe)
+    best = min(sample_times) / (min(forward_times) * options.nfe)
+    # The solver's own cost, timed without the network: a load-robust estimate of the overhead.
+    null_sampler = Sampler(NullNet(net), options)
+    t_null = min(time_sampler(null_sampler, net, seeds) for _ in range(repeat + 1))
+    estimate = 1 + t_null / (min(forward_times) * options.nfe)
+    return dict(ratio=statistics.median(ratios), best=best, estimate=estimate, t_null=t_null,
+                t_sample=statistics.median(sample_times), t_fwd=statistics.median(forward_times))
+
+
+def profile(net, options, batch, top):
+    """Print the `top` functions by own time for one sampler run."""
+    sampler = Sampler(net, options)
+    latents, labels, noise = draw(net, list(range(batch)))
+    sampler(latents, labels, noise.randn_like)  # warm-up
+    latents, labels, noise = draw(net, list(range(batch)))
+    prof = cProfile.Profile()
+    prof.enable()
+    sampler(latents, labels, noise.randn_like)
+    prof.disable()
+    pstats.Stats(prof).sort_stats('tottime').print_stats(top)
+
+
+@click.command()
+@click.option('--net', 'net_names', type=click.Choice(['tiny', 'cifar10', 'all']), default='all', show_default=True, help='Network configuration')
+@click.option('--batch', type=click.IntRange(min=1), default=None, help='Batch size  [default: tiny 16, cifar10 2]')
+@click.option('--steps', type=click.IntRange(min=2), default=None, help='Solver steps  [default: tiny 18, cifar10 4]')
+@click.option('--repeat', type=click.IntRange(min=1), default=3, show_default=True, help='Timed runs per variant (median kept)')
+@click.option('--variants', default=','.join(name for name, _ in VARIANTS), show_default=True, help='Comma-separated variants to run')
+@click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
+@click.option('--profile', 'do_profile', is_flag=True, help='Also print a cProfile of one run per variant')
+def main(net_names, batch, steps, repeat, variants, threads, do_profile):
+    """Print the sampler overhead ratio for Euler/Heun with and without ES and TS."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    chosen = [v for v in VARIANTS if v[0] in variants.split(',')]
+    if not chosen:
+        raise click.ClickException(f'--variants selects none of {", ".join(name for name, _ in VARIANTS)}')
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, target ratio <= 1.02')
+    for name in (['tiny', 'cifar10'] if net_names == 'all' else [net_names]):
+        net = build_net(name)
+        n_batch = batch or (16 if name == 'tiny' else 2)
+        n_steps = steps or (18 if name == 'tiny' else 4)
+        params = sum(p.numel() for p in net.parameters())
+        print(f'\n{name}: {params / 1e6:.2f}M parameters, batch {n_batch}, {n_steps} steps, median of {repeat}')
+        print(f'{"variant":10s} {"NFE":>4s} {"forward ms":>11s} {"sampling s":>11s} {"ratio":>7s} {"best-of":>8s} '
+              f'{"solver ms":>10s} {"1+solver/net":>13s}')
+        for label, kwargs in chosen:
+            options = SamplerOptions(num_steps=n_steps, **kwargs)
+            m = measure(net, options, n_batch, repeat)
+            print(f'{label:10s} {options.nfe:4d} {m["t_fwd"] * 1e3:11.3f} {m["t_sample"]:11.3f} {m["ratio"]:7.3f} '
+                  f'{m["best"]:8.3f} {m["t_null"] * 1e3:10.3f} {m["estimate"]:13.4f}', flush=True)
+            if do_profile:
+                profile(net, options, n_batch, top=15)
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
