@@ -41,3 +41,33 @@ def test_bench_sampler_prints_ratios():
 def test_bench_sampler_rejects_unknown_variant():
     result = CliRunner().invoke(load_bench('bench_sampler').main, ['--net=tiny', '--variants=rk4'])
     assert result.exit_code != 0 and 'selects none' in result.output
+
+
+def test_bench_generate_prints_images_per_second():
+    out = invoke('bench_generate', ['--batches=1,4', '--images=4', '--steps=2', '--resolution=8', '--repeat=1'])
+    assert 'PNG encode + write alone' in out
+    rows = [line.split() for line in out.splitlines() if re.match(r'^\s+\d+\s', line)]
+    assert [int(row[0]) for row in rows] == [1, 4]
+    for row in rows:
+        assert all(float(v) > 0 for v in row[1:])
+
+
+def test_bench_dataset_tool_prints_images_per_second():
+    out = invoke('bench_dataset_tool', ['--images=40', '--workers=1,2'])
+    rows = [line.split() for line in out.splitlines() if re.match(r'^\s+\d+\s', line)]
+    assert [int(row[0]) for row in rows] == [1, 2]
+    assert float(rows[0][3]) == 1.0 and all(float(row[2]) > 0 for row in rows)
+
+
+def test_bench_dataset_tool_writes_a_readable_idx(tmp_path):
+    import dataset_tool
+    path = load_bench('bench_dataset_tool').make_mnist(str(tmp_path), 5)
+    images = dataset_tool.read_idx(path)
+    assert images.shape == (5, 28, 28) and images.max() > 0
+
+
+def test_bench_train_prints_seconds_per_kimg():
+    out = invoke('bench_train', ['--kimg=0.032', '--ticks=2', '--batch=16'])
+    assert 'command: python train.py' in out
+    match = re.search(r': ([\d.]+) sec/kimg', out)
+    assert match and float(match.group(1)) > 0
