@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dataset_tool  # noqa: E402
+from bench.options import positive_int_list  # noqa: E402
 
 
 def write_idx(path, array):
@@ -50,17 +51,11 @@ def convert_seconds(source, dest, workers):
 
 @click.command()
 @click.option('--images', type=click.IntRange(min=1), default=10000, show_default=True, help='Number of images')
-@click.option('--workers', 'workers_list', default='1,2', show_default=True, help='Comma-separated worker counts')
+@click.option('--workers', 'counts', default='1,2', show_default=True, callback=positive_int_list, help='Worker counts, e.g. 1,2,4')
 @click.option('--dest', type=click.Choice(['zip', 'folder']), default='zip', show_default=True, help='Output kind')
 @click.option('--repeat', type=click.IntRange(min=1), default=1, show_default=True, help='Runs per count (fastest kept)')
-def main(images, workers_list, dest, repeat):
+def main(images, counts, dest, repeat):
     """Print images/s of convert_dataset() for each worker count."""
-    try:
-        counts = [int(w) for w in workers_list.split(',')]
-    except ValueError:
-        raise click.ClickException(f'--workers must be comma-separated integers, not "{workers_list}"') from None
-    if not counts or min(counts) < 1:
-        raise click.ClickException('--workers must list positive counts')
     print(f'{images} synthetic 28x28 MNIST images -> 32x32 PNGs in a {dest}; '
           f'{dataset_tool.default_workers()} CPUs usable by this process; best of {repeat}')
     print(f'{"workers":>7s} {"seconds":>8s} {"images/s":>9s} {"speed-up":>9s}')

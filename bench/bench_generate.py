@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import generate  # noqa: E402
+from bench.options import positive_int_list  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
 from torch_utils import images as image_io  # noqa: E402
 from training import networks  # noqa: E402
@@ -71,22 +72,16 @@ def png_only(net, seeds, outdir):
 
 
 @click.command()
-@click.option('--batches', default='1,4,16,64', show_default=True, help='Comma-separated batch sizes')
+@click.option('--batches', 'batch_sizes', default='1,4,16,64', show_default=True, callback=positive_int_list, help='Batch sizes, e.g. 1,4,16')
 @click.option('--images', type=click.IntRange(min=1), default=64, show_default=True, help='Images per measurement')
 @click.option('--steps', type=click.IntRange(min=2), default=4, show_default=True, help='Heun steps')
 @click.option('--resolution', type=click.IntRange(min=8), default=32, show_default=True, help='Image size (power of two)')
 @click.option('--repeat', type=click.IntRange(min=1), default=2, show_default=True, help='Runs per figure (fastest kept)')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
-def main(batches, images, steps, resolution, repeat, threads):
+def main(batch_sizes, images, steps, resolution, repeat, threads):
     """Print images/s of generate_images() and of the sampler alone at several batch sizes."""
     if threads is not None:
         torch.set_num_threads(threads)
-    try:
-        batch_sizes = [int(b) for b in batches.split(',')]
-    except ValueError:
-        raise click.ClickException(f'--batches must be comma-separated integers, not "{batches}"') from None
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise click.ClickException('--batches must list positive batch sizes')
     net = tiny_net(resolution)
     options = SamplerOptions(num_steps=steps)
     seeds = list(range(images))

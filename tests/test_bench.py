@@ -71,3 +71,10 @@ def test_bench_train_prints_seconds_per_kimg():
     assert 'command: python train.py' in out
     match = re.search(r': ([\d.]+) sec/kimg', out)
     assert match and float(match.group(1)) > 0
+
+
+@pytest.mark.parametrize('name, args', [('bench_generate', ['--batches=4,x']), ('bench_generate', ['--batches=0,4']),
+                                        ('bench_dataset_tool', ['--workers=']), ('bench_dataset_tool', ['--workers=2-1'])])
+def test_bench_int_lists_are_checked(name, args):
+    result = CliRunner().invoke(load_bench(name).main, args)
+    assert result.exit_code == 2 and 'Invalid value' in result.output and 'Traceback' not in result.output
