@@ -11,15 +11,21 @@ import torch
 
 def candidate_levels(grid, sigma_hat, sigma_next, window):
     """Candidates for one step: [sigma_hat] + the grid levels within `window` positions of
-    the level nearest to sigma_hat that lie above sigma_next (as a [1 + len(grid)] tensor
-    with a mask of the usable entries)."""
+    the level nearest to sigma_hat that lie above sigma_next, in grid order.
+
+    Returned as a [2 + 2 w] tensor, w = min(window, len(grid) - 1), with a mask of the usable
+    entries: only the window is gathered, so the cost does not grow with the grid, and the
+    shapes do not depend on the data (no host sync on a GPU).
+    """
     grid = grid.to(torch.float64)
     sigma_hat = torch.as_tensor(sigma_hat, dtype=torch.float64, device=grid.device).reshape(1)
     center = (grid - sigma_hat).abs().argmin()
-    offset = (torch.arange(len(grid), device=grid.device) - center).abs()
-    usable = (offset <= window) & (grid > sigma_next)
-    levels = torch.cat([sigma_hat, grid])
-    return levels, torch.cat([torch.ones_like(usable[:1]), usable])
+    w = min(int(window), len(grid) - 1)
+    index = center + torch.arange(-w, w + 1, device=grid.device)
+    inside = (index >= 0) & (index < len(grid))
+    levels = grid[index.clamp(0, len(grid) - 1)]
+    usable = inside & (levels > sigma_next)
+    return torch.cat([sigma_hat, levels]), torch.cat([torch.ones_like(usable[:1]), usable])
 
 
 def select_sigma(x, sigma_hat, sigma_next, grid, window, signal_var):
