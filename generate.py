@@ -18,6 +18,7 @@ import tqdm
 
 import dnnlib
 from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels, sigma_range
+from samplers.fast import FastPathError, FastPaths
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
 from training import loader
@@ -63,11 +64,12 @@ def split_batches(seeds, max_batch_size):
 # Resuming: a record of the options next to the images.
 
 
-def options_record(network, class_idx, options):
-    """What decides the pixels of an image besides its seed."""
+def options_record(network, class_idx, options, fast=FastPaths()):
+    """What decides the pixels of an image besides its seed. Fast paths that may move pixels
+    are listed only when on, so records written before they existed still match."""
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
-    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options))
+    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
 
 
 def check_options_record(outdir, record, existing):
@@ -83,10 +85,10 @@ def check_options_record(outdir, record, existing):
     except (OSError, ValueError) as err:
         raise GenerateError(f'cannot read {path}: {err}; delete it or pass --no-resume') from None
     current = json.loads(json.dumps(record))
-    changed = [key for key in current if old.get(key) != current[key]]
+    changed = [key for key in list(current) + [k for k in old if k not in current] if old.get(key) != current.get(key)]
     if changed:
         key = changed[0]
-        raise GenerateError(f'{outdir} holds images generated with {key}={old.get(key)!r}, not {current[key]!r}; '
+        raise GenerateError(f'{outdir} holds images generated with {key}={old.get(key)!r}, not {current.get(key)!r}; '
                             f'use another --outdir, or --no-resume to replace them')
 
 
@@ -133,16 +135,17 @@ def check_class(net, class_idx):
 
 
 def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
-                    max_batch_size=64, device=None, resume=True, progress=True):
+                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths()):
     """Sample one PNG per seed into `outdir` with this process's share of the batches;
     return GenerateStats. With `resume`, seeds whose PNG exists are not generated again.
+    `fast` selects inference fast paths (samplers.fast; the default changes no pixel).
 
     Batches are cut from the full seed list and dealt to the torchrun processes in turn; a
     batch with some PNGs missing is sampled whole, so resumed images are byte-identical.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     check_class(net, class_idx)
-    sampler = Sampler(net, options, device=device)
+    sampler = Sampler(net, options, device=device, fast=fast)
     rank, world_size = dist.get_rank(), dist.get_world_size()
 
     todo = []
@@ -216,8 +219,14 @@ def _load(network, device, allow_pickle_code=None):
         raise GenerateError(str(err)) from None
 
 
+def _describe(fast):
+    on = [name for name, value in (('channels_last', fast.channels_last), (f'autocast {fast.autocast}', fast.autocast != 'none'),
+                                   (f'compile ({fast.compile})', fast.compile is not None)) if value]
+    return ', '.join(on)
+
+
 def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_batch_size=64, device=None,
-        resume=True, grid=None, allow_pickle_code=None):
+        resume=True, grid=None, allow_pickle_code=None, fast=FastPaths()):
     """The command line's work inside a torchrun process group (or a single process)."""
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
@@ -228,17 +237,21 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         network = DEFAULT_NETWORK
     device = dist.init(device)
     try:
+        fast.check(device)
         _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
         net = dist.leader_first(lambda: _load(network, device, allow_pickle_code), GenerateError)
         check_class(net, class_idx)
         sigma_range(net, options)
-        record = options_record(network, class_idx, options)
+        record = options_record(network, class_idx, options, fast)
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         dist.print0(f'Generating {len(seeds)} images with {options.solver}, {options.num_steps} steps '
                     f'({options.nfe} evaluations each) to "{outdir}"')
+        if fast.changes_network:
+            dist.print0(f'Fast paths: {_describe(fast)}; pixels may differ slightly from the plain path '
+                        '(docs/performance.md)')
         stats = generate_images(net, seeds, outdir, options, subdirs=subdirs, class_idx=class_idx,
-                                max_batch_size=max_batch_size, device=device, resume=resume)
+                                max_batch_size=max_batch_size, device=device, resume=resume, fast=fast)
         if grid is not None and dist.get_rank() == 0:
             try:
                 write_grid(grid, outdir, seeds, subdirs)
@@ -268,6 +281,9 @@ def _options_from_cli(kwargs):
 @click.option('--grid', help=f'Also write a grid of the images (first {GRID_MAX_IMAGES} seeds)', metavar='PNG', type=str, default=None)
 @click.option('--allow-pickle-code', help='Run the code stored in the network pickle (EDM behaviour; trusted files only)', is_flag=True, default=None)
 @click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--channels-last', 'channels_last', help='Fast path: run the network in channels_last memory format', is_flag=True)
+@click.option('--autocast', help='Fast path: run the network under autocast (fp16: CUDA only)', metavar='none|fp16|bf16', type=click.Choice(['none', 'fp16', 'bf16']), default='none', show_default=True)
+@click.option('--compile', 'compile_backend', help='Fast path: torch.compile the network (default backend: inductor)', metavar='[BACKEND]', is_flag=False, flag_value='inductor', default=None)
 @click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
 @click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
@@ -285,7 +301,8 @@ def _options_from_cli(kwargs):
 @click.option('--ts_window', help='Time shift window in grid positions each side; 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=click.FloatRange(min=0))
-def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, allow_pickle_code, device, **sampler_kwargs):
+def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, allow_pickle_code, device,
+         channels_last, autocast, compile_backend, **sampler_kwargs):
     """Generate images using the samplers of "Elucidating the Design Space of Diffusion-Based
     Generative Models" (EDM), with epsilon scaling and time shift against exposure bias.
 
@@ -316,12 +333,19 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
     # 2 GPUs (or 2 CPU processes with gloo), with a grid of the first images
     torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-999 --grid=grid.png \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+
+    \b
+    # GPU fast paths (optional; pixels may move slightly, see docs/performance.md)
+    python generate.py --outdir=out-fast --seeds=0-9999 --batch=512 \\
+        --channels-last --autocast=bf16 --compile \\
+        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     """
     try:
         options = _options_from_cli(sampler_kwargs)
+        fast = FastPaths(channels_last=channels_last, autocast=autocast, compile=compile_backend)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code)
-    except (GenerateError, SamplerOptionError) as err:
+            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast)
+    except (GenerateError, SamplerOptionError, FastPathError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line
         raise click.ClickException(str(err)) from None

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from . import denoisers, schedules, solvers
+from .fast import FastPaths, prepare_network
 from .time_shift import TimeShift
 
 
@@ -90,18 +91,24 @@ def sigma_range(net, options):
 
 
 class Sampler:
-    """Samples images from a network with fixed options; call it once per batch."""
+    """Samples images from a network with fixed options; call it once per batch.
 
-    def __init__(self, net, options=SamplerOptions(), device=None):
+    `fast` switches on inference fast paths (samplers.fast); they change only how the network
+    runs, not what the sampler computes.
+    """
+
+    def __init__(self, net, options=SamplerOptions(), device=None, fast=FastPaths()):
         options.check()
         self.options = options
+        self.fast = fast
         device = torch.device('cpu') if device is None else torch.device(device)
         sigma_min, sigma_max = sigma_range(net, options)
         levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)
         self.sigmas = schedules.with_zero(net.round_sigma(levels))
         self.ode = schedules.time_param(options.schedule, options.scaling, sigma_min, sigma_max)
         self.churn = solvers.Churn(options.S_churn, options.S_min, options.S_max, options.S_noise, net.round_sigma)
-        self.denoiser = denoisers.with_epsilon_scaling(denoisers.network_denoiser(net), options.num_steps,
+        self.net = prepare_network(net, fast, device)
+        self.denoiser = denoisers.with_epsilon_scaling(denoisers.network_denoiser(self.net), options.num_steps,
                                                        options.eps_scaler, options.eps_scaler_k)
         self.time_shift = None
         if options.ts_window > 0:
@@ -114,6 +121,8 @@ class Sampler:
 
     def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
         """Images [N, C, H, W] float64, roughly in [-1, 1]."""
-        with torch.no_grad():
-            return self.solver(self.denoiser, latents, self.sigmas, randn_like, class_labels,
-                               churn=self.churn, time_shift=self.time_shift, ode=self.ode)
+        with self.fast.grad_mode():
+            images = self.solver(self.denoiser, latents, self.sigmas, randn_like, class_labels,
+                                 churn=self.churn, time_shift=self.time_shift, ode=self.ode)
+        # A tensor made under inference_mode cannot be changed in place later; return an ordinary one.
+        return images.clone() if images.is_inference() else images
