@@ -3,11 +3,12 @@
     python bench/bench_sampler.py                                  # tiny and CIFAR-10 DDPM++ nets
     python bench/bench_sampler.py --net=cifar10 --batch=4 --steps=4 --repeat=5
     python bench/bench_sampler.py --net=tiny --profile             # where the time goes
+    python bench/bench_sampler.py --device=cuda --net=cifar10 --batch=256 --steps=18
 
 The sampler is called exactly as generate.py calls it (Sampler, SamplerOptions, SeedNoise,
 latents_and_labels). In every repeat the network forward is timed NFE times on the same
-inputs the solver gives it (float64 state, 0-dim float64 sigma, the same labels, no_grad),
-then the sampler runs once; the ratio of the two sums is 1 when the solver, epsilon scaling
+inputs the solver gives it (float64 state, 0-dim float64 sigma, the same labels, under
+torch.inference_mode as the sampler), then the sampler runs once; the ratio of the two sums is 1 when the solver, epsilon scaling
 and time shift cost nothing next to the network. Weights are random: speed does not depend
 on them.
 
@@ -15,7 +16,8 @@ Columns: `ratio` is the median over repeats of sampling / (NFE x forward); `best
 fastest sampling over NFE x the fastest forward. On a shared machine both move by a few
 percent with the load of other processes, so `solver ms` times the sampler once more with a
 network that does nothing (NullNet), and `1+solver/net` = 1 + that time / (NFE x forward)
-is the overhead estimate that load hardly moves.
+is the overhead estimate that load hardly moves. On CUDA every timing ends with
+torch.cuda.synchronize.
 """
 
 import cProfile
@@ -58,11 +60,16 @@ def build_net(name, seed=0):
     return networks.EDMPrecond(**NETS[name]).eval().requires_grad_(False)
 
 
-def draw(net, seeds):
-    noise = SeedNoise(seeds)
+def draw(net, seeds, device=torch.device('cpu')):
+    noise = SeedNoise(seeds, device=device)
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    latents, labels = latents_and_labels(noise, shape, net.label_dim)
+    latents, labels = latents_and_labels(noise, shape, net.label_dim, device=device)
     return latents, labels, noise
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 class NullNet(torch.nn.Module):
@@ -79,29 +86,33 @@ class NullNet(torch.nn.Module):
         return x.to(torch.float32)
 
 
-def time_sampler(sampler, net, seeds):
-    latents, labels, noise = draw(net, seeds)
+def time_sampler(sampler, net, seeds, device):
+    latents, labels, noise = draw(net, seeds, device)
+    sync(device)
     start = time.perf_counter()
     sampler(latents, labels, noise.randn_like)
+    sync(device)
     return time.perf_counter() - start
 
 
-def time_forwards(net, x, labels, sigmas):
+def time_forwards(net, x, labels, sigmas, device):
     """Seconds for one forward per level in `sigmas`, called as the solver calls the network."""
-    with torch.no_grad():
+    with torch.inference_mode():
+        sync(device)
         start = time.perf_counter()
         for sigma in sigmas:
             net(x, sigma, labels)
+        sync(device)
         return time.perf_counter() - start
 
 
-def measure(net, options, batch, repeat):
+def measure(net, options, batch, repeat, device):
     """(median ratio, best-of ratio, median sampling seconds, median forward seconds per call) over
     `repeat` runs after one warm-up. The best-of ratio (fastest sampling over fastest forwards)
     is the less load-sensitive figure on a shared machine."""
-    sampler = Sampler(net, options)
+    sampler = Sampler(net, options, device=device)
     seeds = list(range(batch))
-    latents, labels, _ = draw(net, seeds)
+    latents, labels, _ = draw(net, seeds, device)
     x = latents.to(torch.float64) * float(sampler.sigmas[0])
     # The levels the network sees, one per evaluation (Heun: twice per step but the last).
     levels = sampler.sigmas[:-1].to(torch.float64)
@@ -110,27 +121,27 @@ def measure(net, options, batch, repeat):
     assert len(sigmas) == options.nfe
     ratios, sample_times, forward_times = [], [], []
     for r in range(repeat + 1):
-        t_fwd = time_forwards(net, x, labels, sigmas)
-        t_sample = time_sampler(sampler, net, seeds)
+        t_fwd = time_forwards(net, x, labels, sigmas, device)
+        t_sample = time_sampler(sampler, net, seeds, device)
         if r > 0:  # the first round is the warm-up
             ratios.append(t_sample / t_fwd)
             sample_times.append(t_sample)
             forward_times.append(t_fwd / options.nfe)
     best = min(sample_times) / (min(forward_times) * options.nfe)
     # The solver's own cost, timed without the network: a load-robust estimate of the overhead.
-    null_sampler = Sampler(NullNet(net), options)
-    t_null = min(time_sampler(null_sampler, net, seeds) for _ in range(repeat + 1))
+    null_sampler = Sampler(NullNet(net), options, device=device)
+    t_null = min(time_sampler(null_sampler, net, seeds, device) for _ in range(repeat + 1))
     estimate = 1 + t_null / (min(forward_times) * options.nfe)
     return dict(ratio=statistics.median(ratios), best=best, estimate=estimate, t_null=t_null,
                 t_sample=statistics.median(sample_times), t_fwd=statistics.median(forward_times))
 
 
-def profile(net, options, batch, top):
+def profile(net, options, batch, top, device):
     """Print the `top` functions by own time for one sampler run."""
-    sampler = Sampler(net, options)
-    latents, labels, noise = draw(net, list(range(batch)))
+    sampler = Sampler(net, options, device=device)
+    latents, labels, noise = draw(net, list(range(batch)), device)
     sampler(latents, labels, noise.randn_like)  # warm-up
-    latents, labels, noise = draw(net, list(range(batch)))
+    latents, labels, noise = draw(net, list(range(batch)), device)
     prof = cProfile.Profile()
     prof.enable()
     sampler(latents, labels, noise.randn_like)
@@ -139,6 +150,7 @@ def profile(net, options, batch, top):
 
 
 @click.command()
+@click.option('--device', 'device_name', type=click.Choice(['cpu', 'cuda']), default='cpu', show_default=True, help='Device')
 @click.option('--net', 'net_names', type=click.Choice(['tiny', 'cifar10', 'all']), default='all', show_default=True, help='Network configuration')
 @click.option('--batch', type=click.IntRange(min=1), default=None, help='Batch size  [default: tiny 16, cifar10 2]')
 @click.option('--steps', type=click.IntRange(min=2), default=None, help='Solver steps  [default: tiny 18, cifar10 4]')
@@ -146,16 +158,20 @@ def profile(net, options, batch, top):
 @click.option('--variants', default=','.join(name for name, _ in VARIANTS), show_default=True, help='Comma-separated variants to run')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
 @click.option('--profile', 'do_profile', is_flag=True, help='Also print a cProfile of one run per variant')
-def main(net_names, batch, steps, repeat, variants, threads, do_profile):
+def main(device_name, net_names, batch, steps, repeat, variants, threads, do_profile):
     """Print the sampler overhead ratio for Euler/Heun with and without ES and TS."""
     if threads is not None:
         torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise click.ClickException('--device=cuda, but torch sees no CUDA device')
     chosen = [v for v in VARIANTS if v[0] in variants.split(',')]
     if not chosen:
         raise click.ClickException(f'--variants selects none of {", ".join(name for name, _ in VARIANTS)}')
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, target ratio <= 1.02')
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'
+    print(f'torch {torch.__version__}, {where}, target ratio <= 1.02')
     for name in (['tiny', 'cifar10'] if net_names == 'all' else [net_names]):
-        net = build_net(name)
+        net = build_net(name).to(device)
         n_batch = batch or (16 if name == 'tiny' else 2)
         n_steps = steps or (18 if name == 'tiny' else 4)
         params = sum(p.numel() for p in net.parameters())
@@ -164,11 +180,11 @@ def main(net_names, batch, steps, repeat, variants, threads, do_profile):
               f'{"solver ms":>10s} {"1+solver/net":>13s}')
         for label, kwargs in chosen:
             options = SamplerOptions(num_steps=n_steps, **kwargs)
-            m = measure(net, options, n_batch, repeat)
+            m = measure(net, options, n_batch, repeat, device)
             print(f'{label:10s} {options.nfe:4d} {m["t_fwd"] * 1e3:11.3f} {m["t_sample"]:11.3f} {m["ratio"]:7.3f} '
                   f'{m["best"]:8.3f} {m["t_null"] * 1e3:10.3f} {m["estimate"]:13.4f}', flush=True)
             if do_profile:
-                profile(net, options, n_batch, top=15)
+                profile(net, options, n_batch, top=15, device=device)
 
 
 if __name__ == '__main__':

@@ -73,8 +73,57 @@ def test_bench_train_prints_seconds_per_kimg():
     assert match and float(match.group(1)) > 0
 
 
+def test_bench_fastpaths_prints_every_path():
+    out = invoke('bench_fastpaths', ['--device=cpu', '--net=tiny', '--batch=4', '--steps=2', '--repeat=1', '--split=2',
+                                     '--compile-backend=eager', '--threads=1'])
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert list(rows) == ['baseline', 'inference_mode', 'channels_last', 'autocast_bf16', 'compile', 'all']
+    for name, (rate, speed_up, first, levels, fraction, split_levels, split_fraction) in rows.items():
+        assert float(rate) > 0 and float(speed_up) > 0 and float(first) > 0
+        assert 0 <= int(levels) <= 255 and 0 <= float(fraction) <= 1 and 0 <= int(split_levels) <= 255
+    assert rows['baseline'][1] == '1.000' and rows['baseline'][3] == '0'
+    assert rows['inference_mode'][3:5] == ['0', '0.00e+00']  # bit-identical
+
+
+def test_bench_fastpaths_checks_its_options():
+    bench = load_bench('bench_fastpaths')
+    for args, message in ((['--paths=warp'], '"warp" is not one of'),
+                          (['--device=cpu', '--paths=autocast_fp16'], 'needs a CUDA device'),
+                          (['--device=cpu', '--all-autocast=fp16'], 'needs --device=cuda')):
+        result = CliRunner().invoke(bench.main, ['--net=tiny', *args])
+        assert result.exit_code == 1 and message in result.output and 'Traceback' not in result.output, result.output
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit:DeprecationWarning')
+def test_bench_fid_prints_features_per_second(tmp_path):
+    import pickle
+    import torch
+    from metrics.detector import pickle_torchscript
+    bench = load_bench('bench_fid')
+    path = tmp_path / 'standin.pkl'
+    path.write_bytes(pickle_torchscript(torch.jit.script(bench.StandIn(dim=16))))
+    with open(path, 'rb') as f:
+        assert isinstance(pickle.load(f), torch.jit.ScriptModule)
+    for detector, dim in (('standin', 2048), (str(path), 16)):
+        out = invoke('bench_fid', [f'--detector={detector}', '--images=20', '--batch=8', '--workers=0', '--repeat=1'])
+        assert re.search(rf'detector alone \({dim} features\): +[\d.]+ features/s', out), out
+        assert re.search(r'accumulation alone: +[\d.]+ features/s', out)
+        row = re.search(r'^0 workers +([\d.]+) +([\d.]+) +([\d.]+)$', out, re.M)
+        assert row and float(row.group(1)) > 0 and float(row.group(2)) >= 0 and float(row.group(3)) > 0, out
+    result = CliRunner().invoke(bench.main, [f'--detector={tmp_path / "missing.pkl"}'])
+    assert result.exit_code == 1 and 'cannot load detector' in result.output
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message on a machine without CUDA')
+@pytest.mark.parametrize('name', ['bench_fastpaths', 'bench_sampler', 'bench_generate', 'bench_fid'])
+def test_bench_device_cuda_without_a_gpu_is_one_line(name):
+    result = CliRunner().invoke(load_bench(name).main, ['--device=cuda'])
+    assert result.exit_code == 1 and 'torch sees no CUDA device' in result.output and result.output.count('\n') == 1
+
+
 @pytest.mark.parametrize('name, args', [('bench_generate', ['--batches=4,x']), ('bench_generate', ['--batches=0,4']),
-                                        ('bench_dataset_tool', ['--workers=']), ('bench_dataset_tool', ['--workers=2-1'])])
+                                        ('bench_dataset_tool', ['--workers=']), ('bench_dataset_tool', ['--workers=2-1']),
+                                        ('bench_fid', ['--workers=-1']), ('bench_fid', ['--workers=0,x'])])
 def test_bench_int_lists_are_checked(name, args):
     result = CliRunner().invoke(load_bench(name).main, args)
     assert result.exit_code == 2 and 'Invalid value' in result.output and 'Traceback' not in result.output
