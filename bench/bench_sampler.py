@@ -55,9 +55,22 @@ VARIANTS = [
 
 
 def build_net(name, seed=0):
-    """A random-weight EDMPrecond network of the named configuration, in eval mode."""
+    """A random-weight EDMPrecond network of the named configuration, in eval mode.
+
+    EDM initialises the last layer of every residual branch and of the U-Net to 1e-5 of the
+    usual scale, which makes D(x) = c_skip x whatever the rest computes; those weights are
+    drawn again here at std 1/sqrt(fan-in), so that the images depend on the network as a
+    trained one's do and fast paths that round differently show it. Speed does not depend on
+    the values.
+    """
     torch.manual_seed(seed)
-    return networks.EDMPrecond(**NETS[name]).eval().requires_grad_(False)
+    net = networks.EDMPrecond(**NETS[name]).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for param in net.parameters():
+        fan_in = param[0].numel() if param.ndim >= 2 else 0
+        if fan_in and param.std() < 1e-3 / fan_in ** 0.5:
+            param.copy_(torch.randn(param.shape, generator=gen) / fan_in ** 0.5)
+    return net
 
 
 def draw(net, seeds, device=torch.device('cpu')):

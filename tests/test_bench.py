@@ -114,8 +114,15 @@ def test_bench_fid_prints_features_per_second(tmp_path):
     assert result.exit_code == 1 and 'cannot load detector' in result.output
 
 
+def test_bench_time_shift_compares_with_the_whole_grid_search():
+    out = invoke('bench_time_shift', ['--batches=2,5', '--window=3', '--calls=2', '--repeat=1'])
+    rows = [line.split() for line in out.splitlines() if re.match(r'^\s+\d+\s', line)]
+    assert [int(row[0]) for row in rows] == [2, 5]
+    assert all(row[-1] == 'True' and all(float(v) > 0 for v in row[1:4]) for row in rows), out
+
+
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message on a machine without CUDA')
-@pytest.mark.parametrize('name', ['bench_fastpaths', 'bench_sampler', 'bench_generate', 'bench_fid'])
+@pytest.mark.parametrize('name', ['bench_fastpaths', 'bench_sampler', 'bench_generate', 'bench_fid', 'bench_time_shift'])
 def test_bench_device_cuda_without_a_gpu_is_one_line(name):
     result = CliRunner().invoke(load_bench(name).main, ['--device=cuda'])
     assert result.exit_code == 1 and 'torch sees no CUDA device' in result.output and result.output.count('\n') == 1
