@@ -443,6 +443,24 @@ def load_point(outdir, point):
     return result, features
 
 
+def finished_points(outdir):
+    """(points, results, features) of every finished point in a sweep folder, ordered by time-shift
+    setting, then b."""
+    found = []
+    folder = os.path.join(outdir, 'points')
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name, 'result.json'), encoding='utf8') as f:
+                point = GridPoint(**json.load(f)['point'])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        done = load_point(outdir, point)
+        if done is not None:
+            found.append((point, *done))
+    found.sort(key=lambda item: (item[0].ts_window, item[0].ts_cutoff, item[0].eps_scaler))
+    return [item[0] for item in found], [item[1] for item in found], [item[2] for item in found]
+
+
 def _score_point(net, network, seeds, outdir, point, base, ref, detector, *, class_idx, max_batch_size, device,
                  num_workers, keep_images, progress):
     """Generate the point's images (resuming), score them, and write result.json + features.npy."""
@@ -527,7 +545,8 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
               class_idx=None, max_batch_size=64, device=None, replicates=200, num_workers=0, keep_images=False,
               progress=True, score_name='FD', log=print):
     """Score every grid point (skipping finished ones) and write sweep.json, sweep.csv and
-    sweep.png in outdir (rank 0). Returns the table rows on every rank."""
+    sweep.png in outdir (rank 0) for all finished points of the folder. Returns the table rows
+    on every rank."""
     device = torch.device('cpu') if device is None else torch.device(device)
     if not points:
         raise ExposureError('the grid is empty')
@@ -540,7 +559,6 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
     dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
     log(f'Sweep of {len(points)} points, {len(seeds)} images each, {base.solver} with {base.num_steps} steps '
         f'({base.nfe} evaluations) into "{outdir}"')
-    results, features = [], []
     for n, point in enumerate(points):
         done = load_point(outdir, point)
         if done is not None and done[0].get('num_images') == len(seeds):
@@ -551,8 +569,8 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
                                 keep_images=keep_images, progress=progress)
             log(f'[{n + 1}/{len(points)}] {point.name}: {score_name} {done[0]["score"]:.4f} '
                 f'({done[0]["seconds_generate"]:.0f} s sampling)')
-        results.append(done[0])
-        features.append(done[1])
+    # The table holds every finished point of the folder: grids added by later runs join it.
+    points, results, features = finished_points(outdir)
     rows = sweep_table(points, results, features, ref, replicates)
     if dist.get_rank() == 0:
         doc = dict(kind='exposure-sweep', score=score_name, replicates=replicates, **record, rows=rows)

@@ -6,6 +6,8 @@ import json
 import math
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -27,6 +29,7 @@ from training.dataset import ImageFolderDataset
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit:DeprecationWarning')
 
 RES = 8
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_dataset(folder, images, labels=None):
@@ -148,6 +151,19 @@ def test_two_ranks_give_the_same_numbers_as_one(net, files, monkeypatch):
         a, b = getattr(parts[0], name), getattr(parts[1], name)
         assert not (a != 0).all() and not (b != 0).all()  # each rank did only part of the seeds
         assert np.array_equal(a + b, getattr(whole, name))
+
+
+def test_norms_under_torchrun_two_processes_match_one(files, tmp_path):
+    args = [f'--network={files["pkl"]}', f'--data={files["data"]}', '--seeds=0-6', '--steps=3', '--batch=2', '--device=cpu']
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'exposure.py'), 'norms', f'--outdir={tmp_path / "two"}', *args]
+    two = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count('Wrote ') == 1  # rank 0 writes
+    one = cli('norms', f'--outdir={tmp_path / "one"}', *args)
+    assert one.exit_code == 0, one.output
+    for name in ('norms.json', 'norms.csv'):
+        assert (tmp_path / 'two' / name).read_bytes() == (tmp_path / 'one' / name).read_bytes()
 
 
 def test_time_shift_records_per_sample_sigma(net, files):
@@ -301,7 +317,7 @@ def test_sweep_resumes_and_skips_finished_points(net, files, scoring, tmp_path, 
     written = []
     monkeypatch.setattr(generate, '_write_batch', lambda paths, images: written.extend(p for p in paths if p))
     again = run(exposure.grid_points([1.1], [(0, 1.0)]))
-    assert written == [] and again[0]['score'] == first[1]['score']
+    assert written == [] and [r['score'] for r in again] == [r['score'] for r in grown]  # all points in the table
 
     # Other settings in the same folder are refused.
     with pytest.raises(exposure.ExposureError, match='another options'):
