@@ -8,14 +8,15 @@ moves the pixels.
 Every path samples the same seeds with the same options as generate.py would (Sampler,
 SeedNoise, latents_and_labels). `baseline` is EDM's plain path (torch.no_grad, eager float32
 network); every other path is the default (torch.inference_mode) plus its option, and `all`
-is channels_last + autocast (--all-autocast) + compile. For each path the first call is
+is channels_last + autocast (--all-autocast: fp16 on CUDA, bf16 on the CPU) + compile. For each path the first call is
 timed on its own (it holds torch.compile's compile time and cuDNN's first-call set-up), then
 `--repeat` calls are timed (median, with torch.cuda.synchronize on CUDA).
 
 Columns: `img/s` and `speed-up` against baseline; `max`/`frac` the largest uint8 difference
 from the baseline images and the fraction of uint8 values that differ; `split max`/`split frac`
 the same between this path's images sampled as one batch and as `--split` smaller batches
-(an image should depend on its seed only, not on the batch it was sampled in).
+(an image should depend on its seed only, not on the batch it was sampled in). For compiled
+paths the split is measured only with --split-compiled: the new batch size recompiles.
 
 Networks: `cifar10` is EDM's CIFAR-10 DDPM++ configuration (56M parameters) and `tiny` a
 0.05M-parameter 8x8 one, both with random weights (speed does not depend on them); `bundled`
@@ -105,17 +106,20 @@ def measure(net, options, fast, seeds, device, repeat, split):
 @click.option('--steps', type=click.IntRange(min=2), default=None, help='Heun steps  [default: cuda 18, cpu 4 (cifar10) or 18]')
 @click.option('--paths', 'path_names', default=None, help='Comma-separated paths  [default: all; autocast_fp16 on cuda only]')
 @click.option('--repeat', type=click.IntRange(min=1), default=3, show_default=True, help='Timed calls per path (median kept)')
-@click.option('--split', type=click.IntRange(min=0), default=4, show_default=True, help='Also sample in this many batches (0/1: skip)')
+@click.option('--split', type=click.IntRange(min=0), default=2, show_default=True, help='Also sample in this many batches (0/1: skip)')
+@click.option('--split-compiled', is_flag=True, help='Split compiled paths too (each recompiles: ~1 min on an H100)')
 @click.option('--compile-backend', default='inductor', show_default=True, help='torch.compile backend of compile and all')
-@click.option('--all-autocast', type=click.Choice(['bf16', 'fp16']), default='bf16', show_default=True, help='Autocast dtype of all')
+@click.option('--all-autocast', type=click.Choice(['bf16', 'fp16']), default=None, help='Autocast dtype of all  [default: cuda fp16, cpu bf16]')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
-def main(device_name, net_name, batch, steps, path_names, repeat, split, compile_backend, all_autocast, threads):
+def main(device_name, net_name, batch, steps, path_names, repeat, split, split_compiled, compile_backend, all_autocast,
+         threads):
     """Print images/s, speed-up and pixel differences of each inference fast path."""
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(device_name or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise click.ClickException('--device=cuda, but torch sees no CUDA device')
+    all_autocast = all_autocast or ('fp16' if device.type == 'cuda' else 'bf16')
     if all_autocast == 'fp16' and device.type != 'cuda':
         raise click.ClickException('--all-autocast=fp16 needs --device=cuda')
     available = paths(compile_backend, all_autocast)
@@ -145,12 +149,13 @@ def main(device_name, net_name, batch, steps, path_names, repeat, split, compile
     params = sum(p.numel() for p in net.parameters())
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'torch {torch.__version__}, {name}, {torch.get_num_threads()} threads; {net_name}: {params / 1e6:.2f}M '
-          f'parameters; batch {batch}, Heun {steps} steps ({options.nfe} NFE), median of {repeat}; split into {split}')
+          f'parameters; batch {batch}, Heun {steps} steps ({options.nfe} NFE), median of {repeat}; split into {split}'
+          f'{"" if split_compiled else " (not compiled paths)"}')
     print(f'{"path":15s} {"img/s":>9s} {"speed-up":>9s} {"first s":>8s} {"max":>4s} {"frac":>8s} '
           f'{"split max":>9s} {"split frac":>10s}')
     base = None
     for label, fast in chosen:
-        m = measure(net, options, fast, seeds, device, repeat, split)
+        m = measure(net, options, fast, seeds, device, repeat, split if split_compiled or fast.compile is None else 0)
         base = m if base is None else base
         levels, fraction = pixel_diff(m['images'], base['images'])
         split_cols = f'{"-":>9s} {"-":>10s}'

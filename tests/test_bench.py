@@ -75,7 +75,7 @@ def test_bench_train_prints_seconds_per_kimg():
 
 def test_bench_fastpaths_prints_every_path():
     out = invoke('bench_fastpaths', ['--device=cpu', '--net=tiny', '--batch=4', '--steps=2', '--repeat=1', '--split=2',
-                                     '--compile-backend=eager', '--threads=1'])
+                                     '--split-compiled', '--compile-backend=eager', '--threads=1'])
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert list(rows) == ['baseline', 'inference_mode', 'channels_last', 'autocast_bf16', 'compile', 'all']
     for name, (rate, speed_up, first, levels, fraction, split_levels, split_fraction) in rows.items():
@@ -119,6 +119,21 @@ def test_bench_time_shift_compares_with_the_whole_grid_search():
     rows = [line.split() for line in out.splitlines() if re.match(r'^\s+\d+\s', line)]
     assert [int(row[0]) for row in rows] == [2, 5]
     assert all(row[-1] == 'True' and all(float(v) > 0 for v in row[1:4]) for row in rows), out
+
+
+def test_gpu_figures_script_commands_parse():
+    """Every command of bench/gpu_figures.sh is accepted by its script's options (not run: no GPU here)."""
+    import shlex
+    with open(os.path.join(ROOT, 'bench', 'gpu_figures.sh')) as f:
+        text = f.read().replace('\\\n', ' ')
+    commands = [shlex.split(line)[2:] for line in text.splitlines() if line.startswith('run ')]
+    assert [c[0] for c in commands] == ['bench/bench_fastpaths.py', 'bench/bench_sampler.py', 'bench/bench_generate.py',
+                                        'bench/bench_fid.py', 'bench/bench_time_shift.py']
+    for script, *args in commands:
+        name = os.path.basename(script)[:-3]
+        command = load_bench(name).main
+        with command.make_context(name, list(args)) as ctx:
+            assert ctx.params['device_name'] == 'cuda'
 
 
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message on a machine without CUDA')
