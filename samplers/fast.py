@@ -89,8 +89,13 @@ class FastModule(torch.nn.Module):
 
 
 def _with_model(net, model):
-    """A shallow copy of `net` (sharing its weights) whose submodule `model` is replaced."""
-    clone = copy.copy(net)
+    """A shallow copy of `net` (sharing its weights) whose submodule `model` is replaced.
+
+    Built by hand rather than with copy.copy, which would go through the pickle reduction of
+    persistent classes (and rebuild the class from its stored source).
+    """
+    clone = object.__new__(type(net))
+    clone.__dict__.update(net.__dict__)
     clone._modules = dict(net._modules)  # pylint: disable=protected-access
     clone.model = model
     return clone

@@ -121,7 +121,7 @@ def test_fast_path_within_tolerance(net, plain, fast, max_levels, max_fraction, 
 def test_prepared_network_leaves_net_alone_and_keeps_dtypes(net):
     before = {name: t.clone() for name, t in net.state_dict().items()}
     fast_net = prepare_network(net, FastPaths(channels_last=True, autocast='bf16'))
-    assert fast_net is not net and fast_net.model is not net.model and isinstance(fast_net.model, FastModule)
+    assert type(fast_net) is type(net) and fast_net is not net and isinstance(fast_net.model, FastModule)
     assert isinstance(net.model, torch.nn.Module) and not isinstance(net.model, FastModule)
     assert all(torch.equal(before[name], t) and t.is_contiguous() for name, t in net.state_dict().items())
     assert fast_net.sigma_data == net.sigma_data and fast_net.label_dim == net.label_dim
