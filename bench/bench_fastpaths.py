@@ -12,8 +12,9 @@ is channels_last + autocast (--all-autocast: fp16 on CUDA, bf16 on the CPU) + co
 timed on its own (it holds torch.compile's compile time and cuDNN's first-call set-up), then
 `--repeat` calls are timed (median, with torch.cuda.synchronize on CUDA).
 
-Columns: `img/s` and `speed-up` against baseline; `max`/`frac` the largest uint8 difference
-from the baseline images and the fraction of uint8 values that differ; `split max`/`split frac`
+Columns: `img/s` and `speed-up` against baseline; `max`/`frac`/`frac>2` the largest uint8
+difference from the baseline images, the fraction of uint8 values that differ and the fraction
+that differ by more than 2 levels; `split max`/`split frac`
 the same between this path's images sampled as one batch and as `--split` smaller batches
 (an image should depend on its seed only, not on the batch it was sampled in). For compiled
 paths the split is measured only with --split-compiled: the new batch size recompiles.
@@ -80,9 +81,9 @@ def sample(sampler, net, seeds, device):
 
 
 def pixel_diff(a, b):
-    """(max uint8 difference, fraction of uint8 values that differ)."""
+    """(max uint8 difference, fraction of uint8 values that differ, fraction that differ by more than 2)."""
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return int(diff.max()), float((diff > 0).mean())
+    return int(diff.max()), float((diff > 0).mean()), float((diff > 2).mean())
 
 
 def measure(net, options, fast, seeds, device, repeat, split):
@@ -151,19 +152,19 @@ def main(device_name, net_name, batch, steps, path_names, repeat, split, split_c
     print(f'torch {torch.__version__}, {name}, {torch.get_num_threads()} threads; {net_name}: {params / 1e6:.2f}M '
           f'parameters; batch {batch}, Heun {steps} steps ({options.nfe} NFE), median of {repeat}; split into {split}'
           f'{"" if split_compiled else " (not compiled paths)"}')
-    print(f'{"path":15s} {"img/s":>9s} {"speed-up":>9s} {"first s":>8s} {"max":>4s} {"frac":>8s} '
+    print(f'{"path":15s} {"img/s":>9s} {"speed-up":>9s} {"first s":>8s} {"max":>4s} {"frac":>8s} {"frac>2":>8s} '
           f'{"split max":>9s} {"split frac":>10s}')
     base = None
     for label, fast in chosen:
         m = measure(net, options, fast, seeds, device, repeat, split if split_compiled or fast.compile is None else 0)
         base = m if base is None else base
-        levels, fraction = pixel_diff(m['images'], base['images'])
+        levels, fraction, visible = pixel_diff(m['images'], base['images'])
         split_cols = f'{"-":>9s} {"-":>10s}'
         if m['parts'] is not None:
-            split_levels, split_fraction = pixel_diff(m['images'], m['parts'])
+            split_levels, split_fraction, _ = pixel_diff(m['images'], m['parts'])
             split_cols = f'{split_levels:9d} {split_fraction:10.2e}'
         print(f'{label:15s} {batch / m["seconds"]:9.2f} {base["seconds"] / m["seconds"]:9.3f} {m["first"]:8.2f} '
-              f'{levels:4d} {fraction:8.2e} {split_cols}', flush=True)
+              f'{levels:4d} {fraction:8.2e} {visible:8.2e} {split_cols}', flush=True)
 
 
 if __name__ == '__main__':

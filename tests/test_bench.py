@@ -78,11 +78,12 @@ def test_bench_fastpaths_prints_every_path():
                                      '--split-compiled', '--compile-backend=eager', '--threads=1'])
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert list(rows) == ['baseline', 'inference_mode', 'channels_last', 'autocast_bf16', 'compile', 'all']
-    for name, (rate, speed_up, first, levels, fraction, split_levels, split_fraction) in rows.items():
+    for name, (rate, speed_up, first, levels, fraction, visible, split_levels, split_fraction) in rows.items():
         assert float(rate) > 0 and float(speed_up) > 0 and float(first) > 0
-        assert 0 <= int(levels) <= 255 and 0 <= float(fraction) <= 1 and 0 <= int(split_levels) <= 255
+        assert 0 <= int(levels) <= 255 and 0 <= float(visible) <= float(fraction) <= 1
+        assert 0 <= int(split_levels) <= 255 and 0 <= float(split_fraction) <= 1
     assert rows['baseline'][1] == '1.000' and rows['baseline'][3] == '0'
-    assert rows['inference_mode'][3:5] == ['0', '0.00e+00']  # bit-identical
+    assert rows['inference_mode'][3:6] == ['0', '0.00e+00', '0.00e+00']  # bit-identical
 
 
 def test_bench_fastpaths_checks_its_options():
