@@ -8,9 +8,10 @@ moves the pixels.
 Every path samples the same seeds with the same options as generate.py would (Sampler,
 SeedNoise, latents_and_labels). `baseline` is EDM's plain path (torch.no_grad, eager float32
 network); every other path is the default (torch.inference_mode) plus its option, and `all`
-is channels_last + autocast (--all-autocast: fp16 on CUDA, bf16 on the CPU) + compile. For each path the first call is
-timed on its own (it holds torch.compile's compile time and cuDNN's first-call set-up), then
-`--repeat` calls are timed (median, with torch.cuda.synchronize on CUDA).
+is channels_last + autocast (--all-autocast: fp16 on CUDA, bf16 on the CPU) + compile. Each
+path's first call is timed on its own (it holds torch.compile's compile time and cuDNN's
+first-call set-up); then the timed calls go round all paths `--repeat` times, so that load
+from other processes hits every path alike (median per path, torch.cuda.synchronize on CUDA).
 
 Columns: `img/s` and `speed-up` against baseline; `max`/`frac`/`frac>2` the largest uint8
 difference from the baseline images, the fraction of uint8 values that differ and the fraction
@@ -86,18 +87,33 @@ def pixel_diff(a, b):
     return int(diff.max()), float((diff > 0).mean()), float((diff > 2).mean())
 
 
-def measure(net, options, fast, seeds, device, repeat, split):
-    """Images, first-call seconds, median seconds, and the images sampled in `split` batches."""
-    if fast.compile is not None:
-        torch._dynamo.reset()  # a fresh compile cache for every compiled path
-    sampler = Sampler(net, options, device=device, fast=fast)
-    images, first = sample(sampler, net, seeds, device)
-    seconds = statistics.median(sample(sampler, net, seeds, device)[1] for _ in range(repeat))
-    parts = None
-    if split > 1:
-        size = max(1, -(-len(seeds) // split))
-        parts = np.concatenate([sample(sampler, net, chunk, device)[0] for chunk in generate.split_batches(seeds, size)])
-    return dict(images=images, first=first, seconds=seconds, parts=parts)
+def sample_in_parts(sampler, net, seeds, device, split):
+    """uint8 images of `seeds` sampled in `split` consecutive batches."""
+    size = max(1, -(-len(seeds) // split))
+    return np.concatenate([sample(sampler, net, chunk, device)[0] for chunk in generate.split_batches(seeds, size)])
+
+
+def measure(net, options, chosen, seeds, device, repeat, split, split_compiled):
+    """{path: images, first-call seconds, median seconds, images sampled in `split` batches or None}.
+
+    Every path is built and called once first (compiling where asked); then the timed calls go
+    round the paths `repeat` times, so that a change of machine load hits all paths alike.
+    """
+    torch._dynamo.reset()
+    samplers, results = {}, {}
+    for label, fast in chosen:
+        samplers[label] = Sampler(net, options, device=device, fast=fast)
+        images, first = sample(samplers[label], net, seeds, device)
+        results[label] = dict(images=images, first=first, times=[], parts=None)
+        click.echo(f'first call of {label}: {first:.2f} s', err=True)
+    for _ in range(repeat):
+        for label, _fast in chosen:
+            results[label]['times'].append(sample(samplers[label], net, seeds, device)[1])
+    for label, fast in chosen:
+        results[label]['seconds'] = statistics.median(results[label]['times'])
+        if split > 1 and (split_compiled or fast.compile is None):
+            results[label]['parts'] = sample_in_parts(samplers[label], net, seeds, device, split)
+    return results
 
 
 @click.command()
@@ -154,10 +170,10 @@ def main(device_name, net_name, batch, steps, path_names, repeat, split, split_c
           f'{"" if split_compiled else " (not compiled paths)"}')
     print(f'{"path":15s} {"img/s":>9s} {"speed-up":>9s} {"first s":>8s} {"max":>4s} {"frac":>8s} {"frac>2":>8s} '
           f'{"split max":>9s} {"split frac":>10s}')
-    base = None
-    for label, fast in chosen:
-        m = measure(net, options, fast, seeds, device, repeat, split if split_compiled or fast.compile is None else 0)
-        base = m if base is None else base
+    results = measure(net, options, chosen, seeds, device, repeat, split, split_compiled)
+    base = results['baseline']
+    for label, _fast in chosen:
+        m = results[label]
         levels, fraction, visible = pixel_diff(m['images'], base['images'])
         split_cols = f'{"-":>9s} {"-":>10s}'
         if m['parts'] is not None:
@@ -165,7 +181,6 @@ def main(device_name, net_name, batch, steps, path_names, repeat, split, split_c
             split_cols = f'{split_levels:9d} {split_fraction:10.2e}'
         print(f'{label:15s} {batch / m["seconds"]:9.2f} {base["seconds"] / m["seconds"]:9.3f} {m["first"]:8.2f} '
               f'{levels:4d} {fraction:8.2e} {visible:8.2e} {split_cols}', flush=True)
-
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

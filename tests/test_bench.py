@@ -76,7 +76,8 @@ def test_bench_train_prints_seconds_per_kimg():
 def test_bench_fastpaths_prints_every_path():
     out = invoke('bench_fastpaths', ['--device=cpu', '--net=tiny', '--batch=4', '--steps=2', '--repeat=1', '--split=2',
                                      '--split-compiled', '--compile-backend=eager', '--threads=1'])
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r'^[a-z_0-9]+ +[\d.]+ ', line)}
+    assert re.search(r'^first call of compile: [\d.]+ s$', out, re.M)
     assert list(rows) == ['baseline', 'inference_mode', 'channels_last', 'autocast_bf16', 'compile', 'all']
     for name, (rate, speed_up, first, levels, fraction, visible, split_levels, split_fraction) in rows.items():
         assert float(rate) > 0 and float(speed_up) > 0 and float(first) > 0
