@@ -9,8 +9,8 @@ Every path samples the same seeds with the same options as generate.py would (Sa
 SeedNoise, latents_and_labels). `baseline` is EDM's plain path (torch.no_grad, eager float32
 network); every other path is the default (torch.inference_mode) plus its option, and `all`
 is channels_last + autocast (--all-autocast: fp16 on CUDA, bf16 on the CPU) + compile. Each
-path's first call is timed on its own (it holds torch.compile's compile time and cuDNN's
-first-call set-up); then the timed calls go round all paths `--repeat` times, so that load
+path's first call is timed on its own (it holds torch.compile's compile time, with an empty
+inductor cache unless --warm-cache, and cuDNN's first-call set-up); then the timed calls go round all paths `--repeat` times, so that load
 from other processes hits every path alike (median per path, torch.cuda.synchronize on CUDA).
 
 Columns: `img/s` and `speed-up` against baseline; `max`/`frac`/`frac>2` the largest uint8
@@ -29,6 +29,7 @@ differences mean for a real model.
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import click
@@ -127,10 +128,29 @@ def measure(net, options, chosen, seeds, device, repeat, split, split_compiled):
 @click.option('--split-compiled', is_flag=True, help='Split compiled paths too (each recompiles: ~1 min on an H100)')
 @click.option('--compile-backend', default='inductor', show_default=True, help='torch.compile backend of compile and all')
 @click.option('--all-autocast', type=click.Choice(['bf16', 'fp16']), default=None, help='Autocast dtype of all  [default: cuda fp16, cpu bf16]')
+@click.option('--warm-cache', is_flag=True, help='Use inductor\'s usual on-disk cache  [default: a fresh, empty one]')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
 def main(device_name, net_name, batch, steps, path_names, repeat, split, split_compiled, compile_backend, all_autocast,
-         threads):
+         warm_cache, threads):
     """Print images/s, speed-up and pixel differences of each inference fast path."""
+    if warm_cache:
+        return run(device_name, net_name, batch, steps, path_names, repeat, split, split_compiled, compile_backend,
+                   all_autocast, threads)
+    before = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+    with tempfile.TemporaryDirectory(prefix='inductor-cache-') as cache:
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache  # compile times as on a fresh machine
+        try:
+            return run(device_name, net_name, batch, steps, path_names, repeat, split, split_compiled, compile_backend,
+                       all_autocast, threads)
+        finally:
+            if before is None:
+                del os.environ['TORCHINDUCTOR_CACHE_DIR']
+            else:
+                os.environ['TORCHINDUCTOR_CACHE_DIR'] = before
+
+
+def run(device_name, net_name, batch, steps, path_names, repeat, split, split_compiled, compile_backend, all_autocast,
+        threads):
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(device_name or ('cuda' if torch.cuda.is_available() else 'cpu'))
