@@ -268,6 +268,7 @@ class Calibration:
     linear: bool
     ratios: list            # S_j / T_j per evaluation, as measured.
     scalers: list           # lambda_i(j) of the fit per evaluation.
+    rows: list              # The evaluations fitted (norms.json rows).
 
     @property
     def residual(self):
@@ -275,8 +276,9 @@ class Calibration:
         return [r / s for r, s in zip(self.ratios, self.scalers)]
 
 
-def calibrate(rows, num_steps, *, linear=False, fit='norm'):
-    """Fit lambda_i = b (+ k (N - 1 - i)) to the measured norms of `rows` (norms.json evaluations).
+def calibrate(rows, num_steps, *, linear=False, fit='norm', min_sigma=0.0):
+    """Fit lambda_i = b (+ k (N - 1 - i)) to the measured norms of `rows` (norms.json evaluations)
+    at levels sigma >= min_sigma.
 
     S_j and T_j are the mean sampling and training norms of evaluation j (of step i(j)).
     fit='norm' minimises sum_j (S_j - lambda_i(j) T_j)^2 (b = sum S T / sum T^2 for a constant):
@@ -285,6 +287,9 @@ def calibrate(rows, num_steps, *, linear=False, fit='norm'):
     """
     if fit not in FITS:
         raise ExposureError(f'--fit must be one of {"|".join(FITS)}, not "{fit}"')
+    rows = [r for r in rows if r['sigma'] >= min_sigma]
+    if not rows:
+        raise ExposureError(f'no evaluation is at sigma >= {min_sigma:g} (--min-sigma)')
     S = np.array([r['sampling'] for r in rows], dtype=np.float64)
     T = np.array([r['training'] for r in rows], dtype=np.float64)
     m = np.array([num_steps - 1 - r['step'] for r in rows], dtype=np.float64)
@@ -298,28 +303,30 @@ def calibrate(rows, num_steps, *, linear=False, fit='norm'):
     coef = np.linalg.lstsq(A, y, rcond=None)[0]
     b, k = float(coef[0]), float(coef[1]) if linear else 0.0
     return Calibration(eps_scaler=b, eps_scaler_k=k, fit=fit, linear=linear, ratios=(S / T).tolist(),
-                       scalers=(b + k * m).tolist())
+                       scalers=(b + k * m).tolist(), rows=rows)
 
 
 def describe_calibration(record, cal, other):
     """Lines saying what was measured, how the scaler was fitted, and what it predicts."""
-    opts, rows = record['options'], record['evaluations']
+    opts, rows = record['options'], cal.rows
     lo, hi = min(range(len(rows)), key=lambda j: cal.ratios[j]), max(range(len(rows)), key=lambda j: cal.ratios[j])
     measured_with = ''
     if opts['eps_scaler'] != 1 or opts['eps_scaler_k'] != 0:
         measured_with = (f' The trajectories were sampled with --eps_scaler={opts["eps_scaler"]:g} --eps_scaler_k={opts["eps_scaler_k"]:g};'
-                         ' S_j is the network\'s unscaled eps along them, so this refines that scaler (repeat to iterate).')
-    how = {'norm': 'least squares of sum_j (S_j - lambda_i T_j)^2 (evaluations weighted by their norm: high noise dominates)',
+                         ' S_j is the network\'s unscaled eps along those trajectories, so this is a new estimate made along them.')
+    how = {'norm': 'least squares of sum_j (S_j - lambda_i T_j)^2 (each evaluation weighted by T_j^2: low-sigma ones, with smaller norms, count less)',
            'ratio': 'least squares of sum_j (S_j/T_j - lambda_i)^2 (every evaluation weighted equally)'}
     form = 'lambda_i = b + k (N-1-i)' if cal.linear else 'a constant lambda_i = b'
     suggestion = f'--eps_scaler={cal.eps_scaler:.4f}' + (f' --eps_scaler_k={cal.eps_scaler_k:.6f}' if cal.linear else '')
     resid = cal.residual
+    skipped = len(record['evaluations']) - len(rows)
+    used = f'{len(rows)} evaluations' + (f' at sigma >= {min(r["sigma"] for r in rows):.3g} ({skipped} below --min-sigma left out)' if skipped else '')
     return [
-        f'Measured: mean ||eps||_2 of the network over {record["num_images"]} images at the {len(rows)} evaluations of '
+        f'Measured: mean ||eps||_2 of the network over {record["num_images"]} images at the {used} of '
         f'{opts["solver"]} with {opts["num_steps"]} steps: S_j along sampling trajectories, T_j on training images '
         f'noised to the same sigma.{measured_with}',
-        f'Ratios S_j/T_j: from {cal.ratios[lo]:.4f} (evaluation {lo + 1}, sigma {rows[lo]["sigma"]:.3g}) to '
-        f'{cal.ratios[hi]:.4f} (evaluation {hi + 1}, sigma {rows[hi]["sigma"]:.3g}); mean {np.mean(cal.ratios):.4f}.',
+        f'Ratios S_j/T_j: from {cal.ratios[lo]:.4f} (evaluation {rows[lo]["evaluation"]}, sigma {rows[lo]["sigma"]:.3g}) to '
+        f'{cal.ratios[hi]:.4f} (evaluation {rows[hi]["evaluation"]}, sigma {rows[hi]["sigma"]:.3g}); mean {np.mean(cal.ratios):.4f}.',
         f'Fit "{cal.fit}": {form} by {how[cal.fit]}.',
         f'Suggested: {suggestion}',
         f'Predicted ratio after scaling, S_j/(lambda_i T_j): {min(resid):.4f} to {max(resid):.4f} (ignores that scaling '
@@ -669,23 +676,32 @@ def plot_norms(records, path, labels=None, title=None):
 
 
 def plot_sweep(rows, path, score_name='FD', title=None):
-    """Score vs b with bootstrap error bars, one line per time-shift setting; None without matplotlib."""
+    """Score vs b (bootstrap error bars) and, below, the difference to b = 1 without time shift
+    (paired-bootstrap error bars), one line per time-shift setting; None without matplotlib."""
     plt = _pyplot()
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    paired = any(r['delta'] is not None for r in rows)
+    fig, axes = plt.subplots(2 if paired else 1, 1, figsize=(6, 6 if paired else 4), sharex=True, squeeze=False)
     settings = list(dict.fromkeys((r['ts_window'], r['ts_cutoff']) for r in rows))
-    for window, cutoff in settings:
+    for n, (window, cutoff) in enumerate(settings):
         sel = sorted((r for r in rows if (r['ts_window'], r['ts_cutoff']) == (window, cutoff)), key=lambda r: r['eps_scaler'])
         label = f'TS window {window}, cutoff {cutoff:g}' if window else 'no time shift'
-        ax.errorbar([r['eps_scaler'] for r in sel], [r['score'] for r in sel],
-                    yerr=[r['score_std'] or 0 for r in sel], marker='o', capsize=3, label=label)
-    ax.set_xlabel('epsilon scaler b')
-    ax.set_ylabel(score_name)
-    ax.grid(True, linewidth=0.4)
-    ax.legend(fontsize=8)
+        style = dict(marker='os^vD'[n % 5], capsize=3, label=label)
+        b = [r['eps_scaler'] for r in sel]
+        axes[0, 0].errorbar(b, [r['score'] for r in sel], yerr=[r['score_std'] or 0 for r in sel], **style)
+        if paired:
+            axes[1, 0].errorbar(b, [r['delta'] for r in sel], yerr=[r['delta_std'] or 0 for r in sel], **style)
+    axes[0, 0].set_ylabel(f'{score_name} (bootstrap std)')
+    if paired:
+        axes[1, 0].axhline(0, color='grey', linewidth=0.8)
+        axes[1, 0].set_ylabel('difference to b=1, no TS\n(paired bootstrap std)')
+    axes[-1, 0].set_xlabel('epsilon scaler b')
+    for ax in axes[:, 0]:
+        ax.grid(True, linewidth=0.4)
+    axes[0, 0].legend(fontsize=8)
     if title:
-        ax.set_title(title)
+        axes[0, 0].set_title(title)
     fig.tight_layout()
     return _save(fig, plt, path)
 
@@ -848,19 +864,21 @@ def format_norms(record):
 @click.option('--norms', 'norms_path', help='norms.json written by "exposure.py norms"', metavar='JSON', type=str, required=True)
 @click.option('--linear', help='Also fit a slope k: lambda_i = b + k (N-1-i) (ADM-ES form)', is_flag=True)
 @click.option('--fit', help='norm: least squares on the norms; ratio: on the ratios, each evaluation equal', metavar='norm|ratio', type=click.Choice(list(FITS)), default='norm', show_default=True)
+@click.option('--min-sigma', 'min_sigma', help='Fit only the evaluations at sigma >= this', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
 @click.option('--json', 'json_path', help='Also write the suggestion and its derivation to this file', metavar='PATH', type=str, default=None)
-def calibrate_cmd(norms_path, linear, fit, json_path):
+def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
     """Suggest --eps_scaler (and --eps_scaler_k) from measured norms."""
     def work():
         record = read_norms(norms_path)
         steps = record['options']['num_steps']
-        cal = calibrate(record['evaluations'], steps, linear=linear, fit=fit)
-        other = calibrate(record['evaluations'], steps, linear=linear, fit=[f for f in FITS if f != fit][0])
+        cal = calibrate(record['evaluations'], steps, linear=linear, fit=fit, min_sigma=min_sigma)
+        other = calibrate(record['evaluations'], steps, linear=linear, fit=[f for f in FITS if f != fit][0], min_sigma=min_sigma)
         lines = describe_calibration(record, cal, other)
         print('\n'.join(lines))
         if json_path is not None:
             doc = dict(kind='eps-scaler-calibration', norms=norms_path, eps_scaler=cal.eps_scaler, eps_scaler_k=cal.eps_scaler_k,
-                       fit=fit, linear=linear, ratios=cal.ratios, residual=cal.residual,
+                       fit=fit, linear=linear, min_sigma=min_sigma, evaluations=[r['evaluation'] for r in cal.rows],
+                       ratios=cal.ratios, residual=cal.residual,
                        alternative=dict(fit=other.fit, eps_scaler=other.eps_scaler, eps_scaler_k=other.eps_scaler_k),
                        derivation=lines)
             with dnnlib.util.atomic_write(json_path, 'w') as f:

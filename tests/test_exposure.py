@@ -232,6 +232,16 @@ def test_calibrate_recovers_an_injected_constant_scaler(class0_data):
     assert all(r['ratio'] == pytest.approx(b, abs=1e-9) for r in scaled)
 
 
+def test_calibrate_min_sigma_leaves_out_low_levels(class0_data):
+    result = exposure.measure_norms(GapDenoiser(lambda s: 1.5 if s < 0.01 else 1.01), class0_data, class_one_seeds(2),
+                                    SamplerOptions(num_steps=4, solver='euler'))
+    assert exposure.calibrate(result.rows(), 4, fit='ratio').eps_scaler == pytest.approx((3 * 1.01 + 1.5) / 4)
+    cal = exposure.calibrate(result.rows(), 4, fit='ratio', min_sigma=0.01)
+    assert cal.eps_scaler == pytest.approx(1.01, abs=1e-9) and len(cal.rows) == 3
+    with pytest.raises(exposure.ExposureError, match='min-sigma'):
+        exposure.calibrate(result.rows(), 4, min_sigma=100)
+
+
 def test_calibrate_recovers_an_injected_linear_scaler(class0_data):
     steps, b, k = 5, 1.01, 0.004
     levels = edm_levels(steps)[:-1]
