@@ -637,6 +637,25 @@ def _record_label(record):
     return label
 
 
+def _focus_ratio_axis(ax, records, x, min_sigma=0.01):
+    """Scale the ratio axis to the evaluations at sigma >= min_sigma (below it the ratio can be
+    far larger and would flatten the rest); ratios off the axis are written at its edge."""
+    keys = ('ratio', 'ratio_used')
+    inside = [r[k] for rec in records for r in rec['evaluations'] if r['sigma'] >= min_sigma for k in keys]
+    if not inside:
+        return
+    lo, hi = min(inside + [1.0]), max(inside + [1.0])
+    pad = max(hi - lo, 0.01) * 0.15
+    lo, hi = lo - pad, hi + pad
+    ax.set_ylim(lo, hi)
+    for n, row in enumerate(records[0]['evaluations']):
+        outside = [rec['evaluations'][n]['ratio'] for rec in records if not lo <= rec['evaluations'][n]['ratio'] <= hi]
+        if outside:
+            y = hi if max(outside) > hi else lo
+            ax.annotate('/'.join(f'{v:.2f}' for v in outside), (x[n], y), textcoords='offset points',
+                        xytext=(0, -10 if y == hi else 4), ha='center', fontsize=7)
+
+
 def plot_norms(records, path, labels=None, title=None):
     """Fig. 6 of arXiv 2308.15321 for one or more norms records of the same sampler: mean ||eps||
     per evaluation (timestep 1 = the last), training vs sampling, and their ratio below.
@@ -661,6 +680,7 @@ def plot_norms(records, path, labels=None, title=None):
             ax.plot(x, [r['sampling_used'] for r in rows], 'o--', color=color, markersize=3, label=f'sampling eps/lambda ({label})')
             axr.plot(x, [r['ratio_used'] for r in rows], 'o--', color=color, markersize=3, label=f'eps/lambda ({label})')
     axr.axhline(1, color='grey', linewidth=0.8)
+    _focus_ratio_axis(axr, records, x)
     opts = records[0]['options']
     heun = opts['solver'] == 'heun'
     ax.set_ylabel('mean $\\|\\epsilon_\\theta\\|_2$')
