@@ -609,22 +609,20 @@ def format_sweep(rows, score_name='FD'):
 # Plots (matplotlib, optional: without it the data files are still written).
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A matplotlib Figure (no pyplot, so no global backend state), or None without matplotlib."""
     try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    return plt
+    return Figure(**kwargs)
 
 
-def _save(fig, plt, path):
+def _save(fig, path):
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     with dnnlib.util.atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=80)
-    plt.close(fig)
     return path
 
 
@@ -660,14 +658,14 @@ def plot_norms(records, path, labels=None, title=None):
     """Fig. 6 of arXiv 2308.15321 for one or more norms records of the same sampler: mean ||eps||
     per evaluation (timestep 1 = the last), training vs sampling, and their ratio below.
     Returns the path, or None when matplotlib is not installed."""
-    plt = _pyplot()
-    if plt is None:
+    fig = _figure(figsize=(6.4, 5.6))
+    if fig is None:
         return None
     layouts = {tuple((r['step'], r['kind']) for r in rec['evaluations']) for rec in records}
     if len(layouts) != 1:
         raise ExposureError('the norms files to plot together must come from the same solver and number of steps')
     labels = labels or [_record_label(rec) for rec in records]
-    fig, (ax, axr) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
+    ax, axr = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
     first = records[0]['evaluations']
     x = [r['timestep'] for r in first]
     ax.plot(x, [r['training'] for r in first], '^-', color='#c0504d', label='training', markerfacecolor='white')
@@ -692,17 +690,17 @@ def plot_norms(records, path, labels=None, title=None):
     ax.legend(fontsize=7)
     axr.set_xticks(x if len(x) <= 25 else x[::2])
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 
 def plot_sweep(rows, path, score_name='FD', title=None):
     """Score vs b (bootstrap error bars) and, below, the difference to b = 1 without time shift
     (paired-bootstrap error bars), one line per time-shift setting; None without matplotlib."""
-    plt = _pyplot()
-    if plt is None:
-        return None
     paired = any(r['delta'] is not None for r in rows)
-    fig, axes = plt.subplots(2 if paired else 1, 1, figsize=(6, 6 if paired else 4), sharex=True, squeeze=False)
+    fig = _figure(figsize=(6, 6 if paired else 4))
+    if fig is None:
+        return None
+    axes = fig.subplots(2 if paired else 1, 1, sharex=True, squeeze=False)
     settings = list(dict.fromkeys((r['ts_window'], r['ts_cutoff']) for r in rows))
     for n, (window, cutoff) in enumerate(settings):
         sel = sorted((r for r in rows if (r['ts_window'], r['ts_cutoff']) == (window, cutoff)), key=lambda r: r['eps_scaler'])
@@ -723,7 +721,7 @@ def plot_sweep(rows, path, score_name='FD', title=None):
     if title:
         axes[0, 0].set_title(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 #----------------------------------------------------------------------------
 # Command line.

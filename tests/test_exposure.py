@@ -262,14 +262,14 @@ def test_calibrate_cli_explains_and_writes_json(net, files, tmp_path):
     record = json.loads((out / 'norms.json').read_text())
     assert record['num_images'] == 4 and len(record['evaluations']) == 3 and record['dim'] == RES * RES
     assert (out / 'norms.csv').read_text().splitlines()[0].startswith('evaluation,timestep,step,kind,sigma')
-    if exposure._pyplot() is not None:
+    if exposure._figure() is not None:
         assert (out / 'norms.png').read_bytes()[:4] == b'\x89PNG'
     res = cli('calibrate', f'--norms={out / "norms.json"}', f'--json={tmp_path / "cal.json"}')
     assert res.exit_code == 0, res.output
     cal = exposure.calibrate(record['evaluations'], 3)
     assert f'--eps_scaler={cal.eps_scaler:.4f}' in res.output and 'least squares' in res.output
     assert json.loads((tmp_path / 'cal.json').read_text())['eps_scaler'] == pytest.approx(cal.eps_scaler)
-    if exposure._pyplot() is not None:
+    if exposure._figure() is not None:
         res = cli('plot', str(out / 'norms.json'), str(out / 'norms.json'), f'--dest={tmp_path / "p.png"}')
         assert res.exit_code == 0, res.output
         assert (tmp_path / 'p.png').read_bytes()[:4] == b'\x89PNG'
