@@ -337,7 +337,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
     \b
     # GPU fast paths (optional; pixels may move slightly, see docs/performance.md)
     python generate.py --outdir=out-fast --seeds=0-9999 --batch=512 \\
-        --channels-last --autocast=bf16 --compile \\
+        --channels-last --autocast=fp16 --compile \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     """
     try:
