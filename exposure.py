@@ -766,22 +766,10 @@ def _cli(fn, distributed=False, device=None):
         raise click.ClickException(str(err)) from None
 
 
-def _sampler_options(fn):
-    """The sampler options shared by `norms` and `sweep` (generate.py's names and defaults)."""
-    options = [
-        click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=2), default=18, show_default=True),
-        click.option('--solver', help='ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']), default='heun', show_default=True),
-        click.option('--disc', help='Time step discretization', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
-        click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
-        click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),
-        click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
-        click.option('--eps_scaler_k', help='Epsilon scaling slope k (lambda_i = b + k (N-1-i))', metavar='FLOAT', type=float, default=0.0, show_default=True),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+# The sampler options shared by `norms` and `sweep`: generate.py's, with its names and defaults
+# (--eps_scaler and the time shift are swept or given per point, churn is not supported).
+_sampler_options = generate.sampler_options('steps', 'solver', 'disc', 'schedule', 'scaling', 'sigma_min',
+                                            'sigma_max', 'rho', 'eps_scaler_k')
 
 
 def _common_options(fn):

@@ -270,6 +270,38 @@ def _options_from_cli(kwargs):
     return SamplerOptions(**given)
 
 
+# generate.py's sampler options, by name, in the order of its --help; exposure.py takes them
+# from here too, so that both tools accept the same options with the same defaults.
+SAMPLER_OPTIONS = dict(
+    steps=click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
+    sigma_min=click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+    sigma_max=click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+    rho=click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
+    S_churn=click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+    S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+    S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
+    S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
+    solver=click.option('--solver', help='ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']), default='heun', show_default=True),
+    disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
+    schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
+    scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),
+    eps_scaler=click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+    eps_scaler_k=click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=float, default=0.0, show_default=True),
+    ts_window=click.option('--ts_window', help='Time shift window in grid positions each side; 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True),
+    ts_cutoff=click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=click.FloatRange(min=0), default=1.0, show_default=True),
+    ts_signal_var=click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=click.FloatRange(min=0)),
+)
+
+
+def sampler_options(*names):
+    """A decorator adding the SAMPLER_OPTIONS `names` (all of them by default), in that order."""
+    def decorate(fn):
+        for name in reversed(names or tuple(SAMPLER_OPTIONS)):
+            fn = SAMPLER_OPTIONS[name](fn)
+        return fn
+    return decorate
+
+
 @click.command(context_settings=dict(max_content_width=120))
 @click.option('--network', 'network', help='Network pickle or weights-only file  [default: the bundled MNIST model]', metavar='PATH|URL', type=str, default=None)
 @click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str, required=True)
@@ -284,23 +316,7 @@ def _options_from_cli(kwargs):
 @click.option('--channels-last', 'channels_last', help='Fast path: run the network in channels_last memory format', is_flag=True)
 @click.option('--autocast', help='Fast path: run the network under autocast (fp16: CUDA only)', metavar='none|fp16|bf16', type=click.Choice(['none', 'fp16', 'bf16']), default='none', show_default=True)
 @click.option('--compile', 'compile_backend', help='Fast path: torch.compile the network (default backend: inductor)', metavar='[BACKEND]', is_flag=False, flag_value='inductor', default=None)
-@click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
-@click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
-@click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
-@click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
-@click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True)
-@click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True)
-@click.option('--solver', help='ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']), default='heun', show_default=True)
-@click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True)
-@click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True)
-@click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True)
-@click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=float, default=0.0, show_default=True)
-@click.option('--ts_window', help='Time shift window in grid positions each side; 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=click.FloatRange(min=0))
+@sampler_options()
 def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, allow_pickle_code, device,
          channels_last, autocast, compile_backend, **sampler_kwargs):
     """Generate images using the samplers of "Elucidating the Design Space of Diffusion-Based
