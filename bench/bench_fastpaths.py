@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import generate  # noqa: E402
 from bench.bench_sampler import build_net  # noqa: E402
+from bench.options import bench_device  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
 from samplers.fast import FastPathError, FastPaths  # noqa: E402
 from torch_utils import images as image_io  # noqa: E402
@@ -151,11 +152,7 @@ def main(device_name, net_name, batch, steps, path_names, repeat, split, split_c
 
 def run(device_name, net_name, batch, steps, path_names, repeat, split, split_compiled, compile_backend, all_autocast,
         threads):
-    if threads is not None:
-        torch.set_num_threads(threads)
-    device = torch.device(device_name or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda, but torch sees no CUDA device')
+    device = bench_device(device_name, threads)
     all_autocast = all_autocast or ('fp16' if device.type == 'cuda' else 'bf16')
     if all_autocast == 'fp16' and device.type != 'cuda':
         raise click.ClickException('--all-autocast=fp16 needs --device=cuda')

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.options import int_list  # noqa: E402
+from bench.options import bench_device, int_list  # noqa: E402
 from metrics.detector import MetricError, load_detector  # noqa: E402
 from metrics.features import compute_feature_stats, open_images  # noqa: E402
 from torch_utils import images as image_io  # noqa: E402
@@ -153,11 +153,7 @@ def whole_pass(dataset, detector, batch, workers, device):
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
 def main(device_name, detector_name, num_images, data, resolution, batch, worker_counts, repeat, threads):
     """Print features/s of the detector alone, the accumulation alone and compute_feature_stats."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    device = torch.device(device_name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda, but torch sees no CUDA device')
+    device = bench_device(device_name, threads)
     detector = make_detector(detector_name, device)
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:

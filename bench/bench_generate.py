@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import generate  # noqa: E402
 from bench.bench_sampler import build_net  # noqa: E402
-from bench.options import positive_int_list  # noqa: E402
+from bench.options import bench_device, positive_int_list  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
 from torch_utils import images as image_io  # noqa: E402
 from training import networks  # noqa: E402
@@ -87,11 +87,7 @@ def png_only(net, seeds, outdir):
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
 def main(device_name, net_name, batch_sizes, images, steps, resolution, repeat, threads):
     """Print images/s of generate_images() and of the sampler alone at several batch sizes."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    device = torch.device(device_name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda, but torch sees no CUDA device')
+    device = bench_device(device_name, threads)
     net = (tiny_net(resolution) if net_name == 'tiny' else build_net('cifar10')).to(device)
     resolution = net.img_resolution
     options = SamplerOptions(num_steps=steps)

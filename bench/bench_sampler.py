@@ -31,6 +31,7 @@ import click
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.options import bench_device  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
 from training import networks  # noqa: E402
 
@@ -173,11 +174,7 @@ def profile(net, options, batch, top, device):
 @click.option('--profile', 'do_profile', is_flag=True, help='Also print a cProfile of one run per variant')
 def main(device_name, net_names, batch, steps, repeat, variants, threads, do_profile):
     """Print the sampler overhead ratio for Euler/Heun with and without ES and TS."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    device = torch.device(device_name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda, but torch sees no CUDA device')
+    device = bench_device(device_name, threads)
     chosen = [v for v in VARIANTS if v[0] in variants.split(',')]
     if not chosen:
         raise click.ClickException(f'--variants selects none of {", ".join(name for name, _ in VARIANTS)}')

@@ -17,7 +17,7 @@ import click
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.options import positive_int_list  # noqa: E402
+from bench.options import bench_device, positive_int_list  # noqa: E402
 from samplers import reference_grid  # noqa: E402
 from samplers.time_shift import select_sigma  # noqa: E402
 
@@ -55,9 +55,7 @@ def per_call_ms(fn, device, calls):
 @click.option('--repeat', type=click.IntRange(min=1), default=3, show_default=True, help='Timings (fastest kept)')
 def main(device_name, batch_sizes, window, calls, repeat):
     """Print ms per shifted step of the windowed and the whole-grid search."""
-    device = torch.device(device_name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda, but torch sees no CUDA device')
+    device = bench_device(device_name)
     grid = reference_grid('edm', 0.002, 80, device=device)
     sigma_hat, sigma_next = grid[300].item() * 1.001, grid[420].item()
     print(f'torch {torch.__version__}, {device.type}; {len(grid)}-level grid, window {window}, '
