@@ -17,6 +17,7 @@ from analysis.calibration import FITS, calibrate, describe_calibration
 from analysis.common import ExposureError
 from analysis.norms import format_norms, measure_norms, norms_record, read_norms, training_labels, training_pool, write_norms
 from analysis.plots import _figure, plot_norms  # noqa: F401  (_figure: whether matplotlib is installed)
+from analysis.search import format_search, run_search
 from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
@@ -123,6 +124,12 @@ def main():
         --ref=out/mnist-classifier-ref.npz --detector=models/mnist-classifier.pkl --score-name=FD_MNIST
 
     \b
+    # The best b of a finer grid by golden-section search, scoring a few of its points
+    python exposure.py sweep --outdir=out/search-heun5 --solver=heun --steps=5 --seeds=0-999 \\
+        --eps_scaler=0.996:1.04:0.002 --search \\
+        --ref=out/mnist-classifier-ref.npz --detector=models/mnist-classifier.pkl --score-name=FD_MNIST
+
+    \b
     # 2 processes (GPUs, or CPU processes with gloo)
     torchrun --standalone --nproc_per_node=2 exposure.py norms --data=datasets/mnist-32x32.zip --outdir=out/n
     """
@@ -199,16 +206,33 @@ def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
 @click.option('--bootstrap', 'replicates', help='Bootstrap replicates for the score\'s noise (0 = none)', metavar='INT', type=click.IntRange(min=0), default=200, show_default=True)
 @click.option('--keep-images', help='Keep the PNGs of finished points (default: delete them once scored)', is_flag=True)
 @click.option('--workers', 'num_workers', help='Image-loading processes per rank for the feature pass', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--search', help='Find the best b among the --eps_scaler values by golden-section search instead of scoring them all', is_flag=True)
+@click.option('--search-images', 'start_images', help='Images per point when --search starts (doubled while two points are within the noise)  [default: 1/8 of the seeds]', metavar='INT', type=click.IntRange(min=2), default=None)
 def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, outdir, ref_path, detector_url, score_name,
-          scalers, ts_text, replicates, keep_images, num_workers, **sampler_kwargs):
-    """Sample quality over a grid of --eps_scaler values and time-shift settings."""
+          scalers, ts_text, replicates, keep_images, num_workers, search, start_images, **sampler_kwargs):
+    """Sample quality over a grid of --eps_scaler values and time-shift settings.
+
+    With --search, the grid is searched for its best b (one --ts setting), scoring a few of its
+    points on a growing number of images; search.json records the steps, the b found and the
+    images spent. Points already scored in the folder are reused.
+    """
     def work(device):
         base = _options(**sampler_kwargs)
         base.check()
         points = grid_points(parse_scalers(scalers), parse_ts(ts_text))
         seed_list = generate.parse_seeds(seeds)
         name = score_name or ('FID' if detector_url == INCEPTION_URL else 'FD')
+        if search and (len(parse_ts(ts_text)) != 1 or keep_images):
+            raise ExposureError('--search takes one --ts setting and no --keep-images')
         label, net = _load_network(network, device, allow_pickle_code)
+        if search:
+            doc = run_search(net, label, seed_list, outdir, parse_scalers(scalers), ref_path, ts=parse_ts(ts_text)[0], base=base,
+                             detector_url=detector_url, class_idx=class_idx, max_batch_size=max_batch_size, device=device,
+                             replicates=replicates, num_workers=num_workers, start_images=start_images, score_name=name,
+                             log=dist.print0)
+            dist.print0(format_search(doc))
+            dist.print0(f'Wrote {os.path.join(outdir, "search.json")}')
+            return
         rows = run_sweep(net, label, seed_list, outdir, points, ref_path, base=base, detector_url=detector_url,
                          class_idx=class_idx, max_batch_size=max_batch_size, device=device, replicates=replicates,
                          num_workers=num_workers, keep_images=keep_images, score_name=name, log=dist.print0)
