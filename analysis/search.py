@@ -139,9 +139,9 @@ class FolderScorer:
     """score(b, n) and difference_std(b1, b2, n) for golden_section_search() on a sweep folder.
 
     The score of b on n images is the Frechet distance of the features of its first n seeds.
-    They come from, in order: this run's memory; `search/NAME/features.npy` (features of a
-    prefix of the seeds, in seed order, extended as n grows); a finished grid point of the
-    folder (`points/NAME`, all seeds). Only seeds none of them holds are generated, into
+    They come from, in order: this run's memory; a finished grid point of the folder
+    (`points/NAME`, all seeds); `search/NAME/features.npy` (features of a prefix of the seeds,
+    in seed order, extended as n grows). Only seeds none of them holds are generated, into
     `search/NAME/images`, whose PNGs are removed once their features are saved. `spent` counts
     the images generated; `used` the images each point was scored on.
     """
@@ -161,7 +161,10 @@ class FolderScorer:
         return os.path.join(self.outdir, SEARCH_FOLDER, point.name)
 
     def _stored(self, point):
-        """Features [k, D] of the first k seeds at `point` that the folder holds (k may be 0)."""
+        """Features [k, D] of the first k seeds at `point` that the folder holds, or None."""
+        done = load_point(self.outdir, point)  # a grid point of the same sweep, with every seed
+        if done is not None and done[0].get('num_images') == len(self.seeds) and GridPoint(**done[0]['point']) == point:
+            return done[1][_seed_rank(self.seeds)]
         folder = self._folder(point)
         try:
             with open(os.path.join(folder, 'point.json'), encoding='utf8') as f:
@@ -171,9 +174,6 @@ class FolderScorer:
                 return features
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        done = load_point(self.outdir, point)  # a grid point of the same sweep, with every seed
-        if done is not None and done[0].get('num_images') == len(self.seeds) and GridPoint(**done[0]['point']) == point:
-            return done[1][_seed_rank(self.seeds)]
         return None
 
     def features(self, b, n):
