@@ -409,3 +409,15 @@ def test_help_text_in_sync(repo_root):
     assert res.exit_code == 0
     with open(os.path.join(repo_root, 'docs', 'dataset-tool-help.txt'), encoding='utf8') as f:
         assert res.output == f.read(), 'regenerate with: python dataset_tool.py --help > docs/dataset-tool-help.txt'
+
+
+def test_cli_writes_what_the_library_writes(tmp_path, mixed_folder):
+    """dataset_tool.py is a shell over training/dataset_convert.py: same bytes, same errors."""
+    from training import dataset_convert
+    res = CliRunner().invoke(dataset_tool.main, [f'--source={mixed_folder}', f'--dest={tmp_path / "cli.zip"}',
+                                                 '--resolution=16x16', '--workers=2'])
+    assert res.exit_code == 0, res.output
+    summary = dataset_convert.convert_dataset(str(mixed_folder), str(tmp_path / 'lib.zip'), resolution=(16, 16), workers=1,
+                                              progress=False)
+    assert summary['images'] == 3 and (tmp_path / 'cli.zip').read_bytes() == (tmp_path / 'lib.zip').read_bytes()
+    assert dataset_tool.DatasetToolError is dataset_convert.DatasetToolError

@@ -143,7 +143,7 @@ def test_two_ranks_give_the_same_numbers_as_one(net, files, monkeypatch):
     whole = exposure.measure_norms(net, dataset, list(range(7)), options, max_batch_size=2)
     parts = []
     monkeypatch.setattr(exposure.dist, 'get_world_size', lambda: 2)
-    monkeypatch.setattr(exposure, '_sum_over_ranks', lambda tensor, device: tensor)  # summed below instead
+    monkeypatch.setattr('analysis.norms._sum_over_ranks', lambda tensor, device: tensor)  # summed below instead
     for rank in (0, 1):
         monkeypatch.setattr(exposure.dist, 'get_rank', lambda rank=rank: rank)
         parts.append(exposure.measure_norms(net, dataset, list(range(7)), options, max_batch_size=2))

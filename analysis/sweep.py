@@ -1,0 +1,299 @@
+"""Sweeps: sample quality over a grid of epsilon scalers and time-shift settings.
+
+A sweep folder holds `sweep-options.json` (what every point shares), one folder per point
+(`points/NAME/result.json` and `features.npy`) and the table (`sweep.json`, `sweep.csv`,
+`sweep.png`). `run_sweep()` scores the points that are not done yet; `bootstrap()` gives the
+scores' noise and the paired noise of their differences.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+
+import dnnlib
+import generate
+from metrics.detector import INCEPTION_URL, MetricError, load_detector
+from metrics.features import compute_feature_stats, open_images
+from metrics.frechet import frechet_distance
+from metrics.reference import load_reference
+from samplers import SamplerOptions
+from torch_utils import distributed as dist
+
+from .common import ExposureError, write_csv
+from .plots import plot_sweep
+
+SWEEP_RECORD = 'sweep-options.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    eps_scaler: float = 1.0
+    ts_window: int = 0
+    ts_cutoff: float = SamplerOptions.ts_cutoff
+
+    @property
+    def name(self):
+        ts = f'-ts{self.ts_window}-c{self.ts_cutoff:g}' if self.ts_window else ''
+        return f'b{self.eps_scaler:.5f}{ts}'
+
+    @property
+    def ts_label(self):
+        return f'TS window {self.ts_window}, cutoff {self.ts_cutoff:g}' if self.ts_window else 'no TS'
+
+    def options(self, base):
+        return dataclasses.replace(base, eps_scaler=self.eps_scaler, ts_window=self.ts_window,
+                                   ts_cutoff=self.ts_cutoff if self.ts_window else SamplerOptions.ts_cutoff)
+
+
+def parse_scalers(text):
+    """Scalers from '1,1.002,1.004' or 'start:stop:step' (stop included) or a mix; all > 0."""
+    values = []
+    for item in [part.strip() for part in str(text).split(',') if part.strip()]:
+        try:
+            parts = [float(p) for p in item.split(':')]
+        except ValueError:
+            raise ExposureError(f'invalid --eps_scaler list "{text}": "{item}" is not a number or start:stop:step') from None
+        if len(parts) == 1:
+            values.append(parts[0])
+        elif len(parts) == 3 and parts[2] > 0 and parts[1] >= parts[0]:
+            count = int(math.floor((parts[1] - parts[0]) / parts[2] + 1e-9)) + 1
+            values.extend(parts[0] + n * parts[2] for n in range(count))
+        else:
+            raise ExposureError(f'invalid --eps_scaler range "{item}": expected start:stop:step with stop >= start and step > 0')
+    values = list(dict.fromkeys(round(v, 10) for v in values))
+    if not values:
+        raise ExposureError(f'--eps_scaler "{text}" selects no values')
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+    if bad:
+        raise ExposureError(f'--eps_scaler values must be positive, got {bad[0]:g}')
+    return values
+
+
+def parse_ts(text):
+    """Time-shift settings from 'off,10:1,20:0.5' (WINDOW:CUTOFF pairs; 'off' or '0' = no time shift)."""
+    settings = []
+    for item in [part.strip() for part in str(text).split(',') if part.strip()]:
+        if item.lower() in ('off', '0'):
+            settings.append((0, SamplerOptions.ts_cutoff))
+            continue
+        try:
+            window, cutoff = item.split(':')
+            window, cutoff = int(window), float(cutoff)
+        except ValueError:
+            raise ExposureError(f'invalid --ts "{text}": "{item}" is not off or WINDOW:CUTOFF (e.g. 10:1.0)') from None
+        if window < 1 or not (cutoff >= 0 and math.isfinite(cutoff)):
+            raise ExposureError(f'invalid --ts "{item}": the window must be at least 1 and the cutoff a sigma >= 0')
+        settings.append((window, cutoff))
+    if not settings:
+        raise ExposureError(f'--ts "{text}" selects no settings')
+    return list(dict.fromkeys(settings))
+
+
+def grid_points(scalers, ts_settings):
+    """Every combination of scaler and time-shift setting, scalers varying fastest."""
+    return [GridPoint(b, w, c) for w, c in ts_settings for b in scalers]
+
+
+def _sweep_record(network, seeds, class_idx, base, ref_path, detector_url):
+    """What every point of a sweep folder shares; the grid itself may grow between runs."""
+    opts = {k: v for k, v in dataclasses.asdict(base).items() if k not in ('eps_scaler', 'ts_window', 'ts_cutoff')}
+    if isinstance(network, str) and os.path.exists(network):
+        network = os.path.abspath(network)
+    return json.loads(json.dumps(dict(network=network, seeds=list(seeds), class_idx=class_idx, options=opts,
+                                      ref=ref_path, detector=detector_url)))
+
+
+def _check_sweep_record(outdir, record):
+    path = os.path.join(outdir, SWEEP_RECORD)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding='utf8') as f:
+                old = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ExposureError(f'cannot read {path}: {err}; use another --outdir') from None
+        changed = [key for key in record if old.get(key) != record[key]]
+        if changed:
+            raise ExposureError(f'{outdir} holds a sweep made with another {changed[0]}; use another --outdir')
+        return
+    os.makedirs(outdir, exist_ok=True)
+    with dnnlib.util.atomic_write(path, 'w') as f:
+        json.dump(record, f, indent=2)
+        f.write('\n')
+
+
+def _point_dir(outdir, point):
+    return os.path.join(outdir, 'points', point.name)
+
+
+def load_point(outdir, point):
+    """(result dict, features [N, D] float32) of a finished grid point, or None."""
+    folder = _point_dir(outdir, point)
+    try:
+        with open(os.path.join(folder, 'result.json'), encoding='utf8') as f:
+            result = json.load(f)
+        features = np.load(os.path.join(folder, 'features.npy'), allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return result, features
+
+
+def finished_points(outdir):
+    """(points, results, features) of every finished point in a sweep folder, ordered by time-shift
+    setting, then b."""
+    found = []
+    folder = os.path.join(outdir, 'points')
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name, 'result.json'), encoding='utf8') as f:
+                point = GridPoint(**json.load(f)['point'])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        done = load_point(outdir, point)
+        if done is not None:
+            found.append((point, *done))
+    found.sort(key=lambda item: (item[0].ts_window, item[0].ts_cutoff, item[0].eps_scaler))
+    return [item[0] for item in found], [item[1] for item in found], [item[2] for item in found]
+
+
+def _score_point(net, network, seeds, outdir, point, base, ref, detector, *, class_idx, max_batch_size, device,
+                 num_workers, keep_images, progress):
+    """Generate the point's images (resuming), score them, and write result.json + features.npy."""
+    folder = _point_dir(outdir, point)
+    images = os.path.join(folder, 'images')
+    options = point.options(base)
+    record = generate.options_record(network, class_idx, options)
+
+    def prepare():
+        os.makedirs(images, exist_ok=True)
+        existing = any(os.path.isfile(generate.image_path(images, seed)) for seed in seeds)
+        generate.check_options_record(images, record, existing)
+        generate.write_options_record(images, record)
+    dist.run_on_rank0(prepare, generate.GenerateError)
+    t0 = time.time()
+    generate.generate_images(net, seeds, images, options, class_idx=class_idx, max_batch_size=max_batch_size,
+                             device=device, progress=progress)
+    seconds_generate = time.time() - t0
+    dataset = open_images(images)
+    if len(dataset) != len(seeds):
+        raise ExposureError(f'{images} holds {len(dataset)} images, expected {len(seeds)} (one per seed); remove the extra files')
+    stats = compute_feature_stats(dataset, detector, image_path=images, max_batch_size=max_batch_size,
+                                  num_workers=num_workers, device=device, keep_features=True,
+                                  expected_dim=ref['mu'].shape[0], verbose=progress)
+    result = dict(point=dataclasses.asdict(point), name=point.name, score=frechet_distance(stats.mu, stats.sigma, ref['mu'], ref['sigma']),
+                  num_images=stats.num_images, seconds_generate=seconds_generate, seconds_features=stats.seconds,
+                  options=record)
+    if dist.get_rank() == 0:
+        with dnnlib.util.atomic_write(os.path.join(folder, 'features.npy')) as f:
+            np.save(f, stats.features.astype(np.float32))
+        with dnnlib.util.atomic_write(os.path.join(folder, 'result.json'), 'w') as f:  # last: marks the point done
+            json.dump(result, f, indent=2)
+            f.write('\n')
+        if not keep_images:
+            shutil.rmtree(images, ignore_errors=True)
+    dist.barrier()
+    return result, stats.features.astype(np.float32)
+
+
+def _fd_of(features, ref):
+    return frechet_distance(features.mean(0), np.cov(features, rowvar=False), ref['mu'], ref['sigma'])
+
+
+def bootstrap(features, ref, baseline=None, replicates=200, seed=0):
+    """Bootstrap standard deviations of the score of each feature set, and of its difference to
+    `baseline` (an index into features) with the same resampled seeds (paired), as two lists."""
+    n = features[0].shape[0]
+    if replicates < 2 or n < 2:
+        return [None] * len(features), [None] * len(features)
+    rng = np.random.RandomState(seed)
+    draws = [rng.randint(0, n, size=n) for _ in range(replicates)]
+    features = [f.astype(np.float64) for f in features]
+    scores = np.array([[_fd_of(f[idx], ref) for idx in draws] for f in features])
+    std = scores.std(axis=1, ddof=1).tolist()
+    if baseline is None:
+        return std, [None] * len(features)
+    return std, (scores - scores[baseline]).std(axis=1, ddof=1).tolist()
+
+
+SWEEP_COLUMNS = ('name', 'eps_scaler', 'ts_window', 'ts_cutoff', 'score', 'score_std', 'delta', 'delta_std', 'num_images')
+
+
+def sweep_table(points, results, features, ref, replicates=200):
+    """Rows of the sweep table: score, its bootstrap std, and the difference to the baseline point
+    (b = 1 without time shift, when in the grid) with its paired-bootstrap std."""
+    baseline = next((n for n, p in enumerate(points) if p.eps_scaler == 1 and not p.ts_window), None)
+    sizes = {f.shape[0] for f in features}
+    if len(sizes) != 1:
+        raise ExposureError('the grid points hold different numbers of images; they must share the seeds')
+    std, delta_std = bootstrap(features, ref, baseline, replicates)
+    rows = []
+    for n, (point, result) in enumerate(zip(points, results)):
+        delta = None if baseline is None else result['score'] - results[baseline]['score']
+        rows.append(dict(name=point.name, eps_scaler=point.eps_scaler, ts_window=point.ts_window,
+                         ts_cutoff=point.ts_cutoff if point.ts_window else None, score=result['score'], score_std=std[n],
+                         delta=delta, delta_std=None if baseline is None or n == baseline else delta_std[n],
+                         num_images=result['num_images']))
+    return rows
+
+
+def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOptions(), detector_url=INCEPTION_URL,
+              class_idx=None, max_batch_size=64, device=None, replicates=200, num_workers=0, keep_images=False,
+              progress=True, score_name='FD', log=print):
+    """Score every grid point (skipping finished ones) and write sweep.json, sweep.csv and
+    sweep.png in outdir (rank 0) for all finished points of the folder. Returns the table rows
+    on every rank."""
+    device = torch.device('cpu') if device is None else torch.device(device)
+    if not points:
+        raise ExposureError('the grid is empty')
+    for point in points:
+        point.options(base).check()
+    generate.check_class(net, class_idx)
+    ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
+    detector = dist.leader_first(lambda: load_detector(detector_url, device=device), MetricError)
+    record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
+    dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
+    log(f'Sweep of {len(points)} points, {len(seeds)} images each, {base.solver} with {base.num_steps} steps '
+        f'({base.nfe} evaluations) into "{outdir}"')
+    for n, point in enumerate(points):
+        done = load_point(outdir, point)
+        if done is not None and done[0].get('num_images') == len(seeds):
+            log(f'[{n + 1}/{len(points)}] {point.name}: done before, {score_name} {done[0]["score"]:.4f}')
+        else:
+            done = _score_point(net, network, seeds, outdir, point, base, ref, detector, class_idx=class_idx,
+                                max_batch_size=max_batch_size, device=device, num_workers=num_workers,
+                                keep_images=keep_images, progress=progress)
+            log(f'[{n + 1}/{len(points)}] {point.name}: {score_name} {done[0]["score"]:.4f} '
+                f'({done[0]["seconds_generate"]:.0f} s sampling)')
+    # The table holds every finished point of the folder: grids added by later runs join it.
+    points, results, features = finished_points(outdir)
+    rows = sweep_table(points, results, features, ref, replicates)
+    if dist.get_rank() == 0:
+        doc = dict(kind='exposure-sweep', score=score_name, replicates=replicates, **record, rows=rows)
+        with dnnlib.util.atomic_write(os.path.join(outdir, 'sweep.json'), 'w') as f:
+            json.dump(doc, f, indent=2)
+            f.write('\n')
+        write_csv(os.path.join(outdir, 'sweep.csv'), SWEEP_COLUMNS, rows)
+        plot_sweep(rows, os.path.join(outdir, 'sweep.png'), score_name=score_name,
+                   title=f'{base.solver}, {base.num_steps} steps ({base.nfe} NFE), {len(seeds)} images')
+    dist.barrier()
+    return rows
+
+
+def format_sweep(rows, score_name='FD'):
+    """The sweep table as aligned text."""
+    def pm(value, std, sign=False):
+        if value is None:
+            return '-'
+        text = f'{value:+.4f}' if sign else f'{value:.4f}'
+        return text + (f' +- {std:.4f}' if std is not None else '')
+    lines = [f'{"point":<24} {"b":>8}  {"time shift":<18} {score_name + " +- boot. std":<22} delta vs b=1 +- paired std']
+    for r in rows:
+        ts = f'w{r["ts_window"]} c{r["ts_cutoff"]:g}' if r['ts_window'] else 'off'
+        lines.append(f'{r["name"]:<24} {r["eps_scaler"]:>8.5f}  {ts:<18} {pm(r["score"], r["score_std"]):<22} '
+                     f'{pm(r["delta"], r["delta_std"], sign=True)}')
+    return '\n'.join(lines)
