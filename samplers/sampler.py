@@ -8,7 +8,6 @@ discrete-time (ADM) networks.
 """
 
 import dataclasses
-import functools
 import math
 from typing import Optional
 
@@ -172,9 +171,7 @@ class Sampler:
         if options.ts_window > 0:
             grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
             self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, _signal_var(net, options))
-        solver = solvers.SOLVERS[options.solver]
-        self.solver = lambda denoiser, latents, randn_like, class_labels: solver(
-            denoiser, latents, self.sigmas, randn_like, class_labels, churn=self.churn, time_shift=self.time_shift, ode=self.ode)
+        self.solver = solvers.SOLVERS[options.solver]
 
     def _init_discrete(self, net, options, device, fast):
         self.process = discrete_process(net, options)
@@ -194,15 +191,18 @@ class Sampler:
                 raise SamplerOptionError(str(err)) from None
         elif options.ts_window > 0:
             self.time_shift = DiscreteTimeShift(alpha_bar, options.ts_window, options.ts_cutoff, _signal_var(net, options))
-        solver = functools.partial(discrete.DISCRETE_SOLVERS[options.solver], clip_denoised=options.clip_denoised,
-                                   eta=options.eta, variance=variance, tap=tap, time_shift=self.time_shift)
-        self.solver = lambda denoiser, latents, randn_like, class_labels: solver(
-            denoiser, latents, self.process, randn_like, class_labels)
+        self.solver = discrete.DISCRETE_SOLVERS[options.solver]
+        self.solver_kwargs = dict(clip_denoised=options.clip_denoised, eta=options.eta, variance=variance, tap=tap,
+                                  time_shift=self.time_shift)
 
     def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
         """Images [N, C, H, W] float64, roughly in [-1, 1]."""
         with self.fast.grad_mode():
-            images = self.solver(self.denoiser, latents, randn_like, class_labels)
+            if self.options.discrete:
+                images = self.solver(self.denoiser, latents, self.process, randn_like, class_labels, **self.solver_kwargs)
+            else:
+                images = self.solver(self.denoiser, latents, self.sigmas, randn_like, class_labels,
+                                     churn=self.churn, time_shift=self.time_shift, ode=self.ode)
         # A tensor made under inference_mode cannot be changed in place later; return an ordinary one.
         return images.clone() if images.is_inference() else images
 

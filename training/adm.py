@@ -134,7 +134,15 @@ def parse_adm_flags(args=(), preset=None):
     except ValueError as err:
         raise ADMError(f'cannot split the ADM flags: {err}') from None
     parsed = vars(_flag_parser().parse_args(tokens))
-    flags = dnnlib.EasyDict({name: parsed[name] for name in [*MODEL_FLAGS, *DIFFUSION_FLAGS, 'num_classes']})
+    return make_flags(**{name: parsed[name] for name in [*MODEL_FLAGS, *DIFFUSION_FLAGS, 'num_classes']})
+
+
+def make_flags(**values):
+    """The flags dict from keyword values (already typed), defaults filled in and checked."""
+    unknown = sorted(set(values) - {*MODEL_FLAGS, *DIFFUSION_FLAGS, 'num_classes'})
+    if unknown:
+        raise ADMError(f'unknown ADM flag --{unknown[0]}')
+    flags = dnnlib.EasyDict({**MODEL_FLAGS, **DIFFUSION_FLAGS, 'num_classes': None, **values})
     check_flags(flags)
     return flags
 
