@@ -187,6 +187,8 @@ def check_flags(flags):
     for name in ('image_size', 'num_channels', 'diffusion_steps'):
         if flags[name] < 1:
             raise ADMError(f'--{name} must be positive, got {flags[name]}')
+    if flags.diffusion_steps > networks.ADM_MAX_STEPS:
+        raise ADMError(f'--diffusion_steps {flags.diffusion_steps} is above the supported {networks.ADM_MAX_STEPS}')
     if flags.num_res_blocks < 0:
         raise ADMError(f'--num_res_blocks must not be negative, got {flags.num_res_blocks}')
     if not 0 <= flags.dropout < 1:

@@ -813,11 +813,14 @@ class EDMPrecond(torch.nn.Module):
 # Discrete-time VP models of guided-diffusion (ADM): Ho et al. 2020, Nichol & Dhariwal 2021.
 
 ADM_NOISE_SCHEDULES = ('linear', 'cosine')
+ADM_MAX_STEPS = 100000          # Largest T accepted (tables are built in Python; published models use 1000 or 4000).
 
 
 def adm_betas(noise_schedule, diffusion_steps):
     """float64 numpy betas [T] of guided-diffusion's named schedules, computed as it computes them."""
     steps = int(diffusion_steps)
+    if not 1 <= steps <= ADM_MAX_STEPS:
+        raise ValueError(f'diffusion_steps must be in 1..{ADM_MAX_STEPS}, got {steps}')
     if noise_schedule == 'linear':
         # Ho et al.'s 1e-4 .. 0.02 over 1000 steps, stretched to T steps.
         scale = 1000 / steps
