@@ -1,4 +1,5 @@
-"""Convert between EDM network pickles and this toolkit's weights-only format.
+"""Convert networks: EDM pickles <-> this toolkit's weights-only format, and guided-diffusion
+(ADM) checkpoints -> either.
 
 Examples:
 
@@ -9,6 +10,17 @@ Examples:
 \b
   # weights-only file -> EDM pickle (loads in NVIDIA's EDM code as well)
   python convert.py --src=edm-cifar10-32x32-cond-vp.pt --dest=edm-cifar10-32x32-cond-vp.pkl
+
+\b
+  # guided-diffusion checkpoint + its flags -> network pickle for generate.py
+  python convert.py --src=ADM.pt --dest=adm-cifar10.pkl --adm-flags="--image_size 32 \\
+      --num_channels 128 --num_head_channels 32 --num_res_blocks 3 --attention_resolutions 16,8 \\
+      --resblock_updown True --use_new_attention_order True --learn_sigma True --dropout 0.3 \\
+      --diffusion_steps 1000 --noise_schedule cosine --use_scale_shift_norm True"
+
+\b
+  # the same with the flags of a published checkpoint (docs/adm.md lists them)
+  python convert.py --src=64x64_diffusion.pt --dest=adm-imagenet64.pkl --adm-preset=imagenet-64
 """
 
 import os
@@ -17,17 +29,22 @@ import pickle
 import click
 
 import dnnlib
-from training import loader, weights
+from training import adm, loader, weights
 
 
-def convert(src, dest, fmt=None, allow_pickle_code=None):
-    """Read `src` (pickle or weights file, path or URL) and write it to `dest` in format 'pickle' or 'weights'."""
+def convert(src, dest, fmt=None, allow_pickle_code=None, adm_flags=None, adm_preset=None):
+    """Read `src` and write it to `dest` in format 'pickle' or 'weights' (default: from the
+    extension). With `adm_flags` or `adm_preset`, `src` is a guided-diffusion checkpoint."""
     if fmt is None:
         fmt = 'pickle' if os.path.splitext(dest)[1].lower() == '.pkl' else 'weights'
-    data = loader.load_network_pickle(src, allow_pickle_code=allow_pickle_code)
-    loader.network_from_pickle_data(data, src)  # fail early if it holds no network
-    if not isinstance(data, dict):
-        data = dict(ema=data)
+    if adm_flags is not None or adm_preset is not None:
+        flags = adm.parse_adm_flags(adm_flags or '', preset=adm_preset)
+        data = dict(ema=adm.load_adm_checkpoint(src, flags))
+    else:
+        data = loader.load_network_pickle(src, allow_pickle_code=allow_pickle_code)
+        loader.network_from_pickle_data(data, src)  # fail early if it holds no network
+        if not isinstance(data, dict):
+            data = dict(ema=data)
     with dnnlib.util.atomic_write(dest) as f:
         if fmt == 'pickle':
             pickle.dump(data, f)
@@ -37,19 +54,23 @@ def convert(src, dest, fmt=None, allow_pickle_code=None):
 
 
 @click.command(help=__doc__)
-@click.option('--src', metavar='PATH|URL', required=True, help='Network pickle or weights-only file to read')
+@click.option('--src', metavar='PATH|URL', required=True, help='Network pickle, weights-only file or ADM checkpoint to read')
 @click.option('--dest', metavar='PATH', required=True, help='File to write (.pkl: EDM pickle, otherwise weights-only)')
 @click.option('--format', 'fmt', type=click.Choice(['pickle', 'weights']), default=None,
               help='Output format  [default: from the --dest extension]')
+@click.option('--adm-flags', 'adm_flags', metavar='"FLAGS"', default=None,
+              help='--src is a guided-diffusion checkpoint with these model flags (guided-diffusion\'s names and values)')
+@click.option('--adm-preset', 'adm_preset', type=click.Choice(list(adm.PRESETS)), default=None,
+              help='--src is the published guided-diffusion checkpoint of this name (flags as in docs/adm.md)')
 @click.option('--allow-pickle-code', is_flag=True, default=None,
               help='Run the code stored in the source pickle (EDM behaviour; trusted files only)')
-def main(src, dest, fmt, allow_pickle_code):
+def main(src, dest, fmt, adm_flags, adm_preset, allow_pickle_code):
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
         raise click.ClickException(f'{folder}: no such directory')
     try:
-        fmt = convert(src, dest, fmt, allow_pickle_code)
-    except (loader.NetworkLoadError, weights.WeightsFormatError) as err:
+        fmt = convert(src, dest, fmt, allow_pickle_code, adm_flags=adm_flags, adm_preset=adm_preset)
+    except (loader.NetworkLoadError, weights.WeightsFormatError, adm.ADMError) as err:
         raise click.ClickException(str(err)) from None
     except OSError as err:
         raise click.ClickException(f'cannot write {dest}: {err.strerror or err}') from None

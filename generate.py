@@ -17,7 +17,9 @@ import torch
 import tqdm
 
 import dnnlib
-from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels, sigma_range
+from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
+from samplers.sampler import TSDPM_DEFAULT_CUTOFF, check_network
+from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
@@ -84,7 +86,10 @@ def check_options_record(outdir, record, existing):
         return
     except (OSError, ValueError) as err:
         raise GenerateError(f'cannot read {path}: {err}; delete it or pass --no-resume') from None
-    current = json.loads(json.dumps(record))
+    # Options added after a folder was made are missing from its record: they had their defaults.
+    defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
+    current = {**defaults, **json.loads(json.dumps(record))}
+    old = {**defaults, **old}
     changed = [key for key in list(current) + [k for k in old if k not in current] if old.get(key) != current.get(key)]
     if changed:
         key = changed[0]
@@ -242,11 +247,13 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         # Rank 0 loads first (and fills the download cache), then the others.
         net = dist.leader_first(lambda: _load(network, device, allow_pickle_code), GenerateError)
         check_class(net, class_idx)
-        sigma_range(net, options)
+        check_network(net, options)
         record = options_record(network, class_idx, options, fast)
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
-        dist.print0(f'Generating {len(seeds)} images with {options.solver}, {options.num_steps} steps '
-                    f'({options.nfe} evaluations each) to "{outdir}"')
+        steps = (f'respacing "{options.timestep_respacing}"' if options.discrete and options.respacing is not None
+                 else f'{options.num_steps} steps')
+        dist.print0(f'Generating {len(seeds)} images with {options.solver}, {steps} '
+                    f'({options.nfe or "all"} evaluations each) to "{outdir}"')
         if fast.changes_network:
             dist.print0(f'Fast paths: {_describe(fast)}; pixels may differ slightly from the plain path '
                         '(docs/performance.md)')
@@ -267,6 +274,8 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
 
 def _options_from_cli(kwargs):
     given = {key: value for key, value in kwargs.items() if value is not None}
+    if 'ts_cutoff' not in given and given.get('ts_mode') == 'tsdpm':
+        given['ts_cutoff'] = TSDPM_DEFAULT_CUTOFF
     return SamplerOptions(**given)
 
 
@@ -281,15 +290,20 @@ SAMPLER_OPTIONS = dict(
     S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
     S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
     S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
-    solver=click.option('--solver', help='ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']), default='heun', show_default=True),
+    solver=click.option('--solver', help='Solver (ddpm, ddim: discrete ADM networks)', metavar='euler|heun|ddpm|ddim', type=click.Choice(['euler', 'heun', 'ddpm', 'ddim']), default='heun', show_default=True),
     disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
     schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
     scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),
     eps_scaler=click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
     eps_scaler_k=click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=float, default=0.0, show_default=True),
-    ts_window=click.option('--ts_window', help='Time shift window in grid positions each side; 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True),
-    ts_cutoff=click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=click.FloatRange(min=0), default=1.0, show_default=True),
+    ts_window=click.option('--ts_window', help='Time shift window in grid positions each side (tsdpm: full width); 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True),
+    ts_cutoff=click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this (tsdpm: timestep)  [default: 1; tsdpm: 300]', metavar='FLOAT', type=click.FloatRange(min=0)),
     ts_signal_var=click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=click.FloatRange(min=0)),
+    ts_mode=click.option('--ts_mode', help='Time shift: this toolkit\'s, or TS-DPM-ADM\'s (ddim only; on even with window 0)', metavar='clean|tsdpm', type=click.Choice(['clean', 'tsdpm']), default='clean', show_default=True),
+    respacing=click.option('--timestep_respacing', 'respacing', help='ddpm/ddim: guided-diffusion\'s respacing (ddimN, N, N1,N2,...)  [default: --steps]', metavar='STR', type=str),
+    eta=click.option('--eta', help='ddim: noise of each step (0 = deterministic)', metavar='FLOAT', type=click.FloatRange(min=0), default=0.0, show_default=True),
+    clip_denoised=click.option('--clip_denoised/--no-clip_denoised', 'clip_denoised', help='ddpm/ddim: clamp the predicted x0 to [-1, 1]', default=True, show_default=True),
+    variance=click.option('--variance', help='ddpm: variance  [default: learned with learned sigma, else large]', metavar='learned|large|small', type=click.Choice(['learned', 'large', 'small'])),
 )
 
 
@@ -361,7 +375,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
         fast = FastPaths(channels_last=channels_last, autocast=autocast, compile=compile_backend)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
             device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast)
-    except (GenerateError, SamplerOptionError, FastPathError) as err:
+    except (GenerateError, SamplerOptionError, FastPathError, TimeShiftError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line
         raise click.ClickException(str(err)) from None

@@ -67,3 +67,17 @@ def network_denoiser(net):
     def denoise(x, sigma, class_labels=None):
         return net(x, sigma, class_labels).to(torch.float64)
     return denoise
+
+
+class VarianceTap:
+    """The denoiser of an ADM network (network_denoiser plus what DDPM needs): returns D as
+    float64 and keeps the model's variance output v of its latest call in `var_values`
+    (None for models without learned sigma). Wrappers around it see a plain denoiser."""
+
+    def __init__(self, net):
+        self.net = net
+        self.var_values = None
+
+    def __call__(self, x, sigma, class_labels=None):
+        denoised, self.var_values = self.net(x, sigma, class_labels, return_var_values=True)
+        return denoised.to(torch.float64)

@@ -1,8 +1,10 @@
 """The boundary between a network and the solvers: options in, a ready sampler out.
 
-Everything the solvers need from the network (noise range, `round_sigma`, `sigma_data`) is
-read here once. The defaults reproduce NVIDIA's EDM `generate.py`: its `edm_sampler` and its
-`ablation_sampler` are one algorithm, and both are covered by these options.
+Everything the solvers need from the network (noise range, `round_sigma`, `sigma_data`, the
+alpha_bar table of a discrete model) is read here once. The defaults reproduce NVIDIA's EDM
+`generate.py`: its `edm_sampler` and its `ablation_sampler` are one algorithm, and both are
+covered by these options. The solvers 'ddpm' and 'ddim' are guided-diffusion's, for
+discrete-time (ADM) networks.
 """
 
 import dataclasses
@@ -11,9 +13,12 @@ from typing import Optional
 
 import torch
 
-from . import denoisers, schedules, solvers
+from . import denoisers, discrete, schedules, solvers
 from .fast import FastPaths, prepare_network
-from .time_shift import TimeShift
+from .time_shift import DiscreteTimeShift, TimeShift, TimeShiftError, TSDPMTimeShift
+
+TS_MODES = ('clean', 'tsdpm')
+TSDPM_DEFAULT_CUTOFF = 300      # TS-DPM-ADM's default --cutoff (an original timestep).
 
 
 class SamplerOptionError(ValueError):
@@ -26,7 +31,7 @@ class SamplerOptions:
     sigma_min: Optional[float] = None       # Lowest level; None = EDM's default for `disc`.
     sigma_max: Optional[float] = None       # Highest level; None = EDM's default for `disc`.
     rho: float = 7                          # Exponent of the EDM discretization.
-    solver: str = 'heun'                    # 'euler' or 'heun'.
+    solver: str = 'heun'                    # 'euler', 'heun'; 'ddpm', 'ddim' for discrete (ADM) networks.
     disc: str = 'edm'                       # Discretization: 'edm', 'vp', 've', 'iddpm'.
     schedule: str = 'linear'                # Noise schedule sigma(t): 'linear', 'vp', 've'.
     scaling: str = 'none'                   # Signal scaling s(t): 'none', 'vp'.
@@ -39,20 +44,42 @@ class SamplerOptions:
     ts_window: int = 0                      # Time shift window (grid positions each side); 0 = off.
     ts_cutoff: float = 1.0                  # Time shift only at steps with sigma_i above this.
     ts_signal_var: Optional[float] = None   # Expected signal variance; None = sigma_data^2.
+    ts_mode: str = 'clean'                  # Time shift: 'clean' or 'tsdpm' (TS-DPM-ADM's, ddim only).
+    respacing: Optional[str] = None         # ddpm/ddim: guided-diffusion's timestep_respacing; None = str(num_steps).
+    eta: float = 0.0                        # ddim: noise of each step (0: deterministic).
+    clip_denoised: bool = True              # ddpm/ddim: clamp the predicted x0 to [-1, 1].
+    variance: Optional[str] = None          # ddpm: 'learned', 'large', 'small'; None = the model's.
+
+    @property
+    def discrete(self):
+        """Is the solver one of guided-diffusion's discrete samplers?"""
+        return self.solver in discrete.DISCRETE_SOLVERS
+
+    @property
+    def timestep_respacing(self):
+        """The respacing string of a discrete solver."""
+        return str(self.num_steps) if self.respacing is None else self.respacing
 
     @property
     def nfe(self):
-        """Network evaluations per image."""
+        """Network evaluations per image (None when it depends on the network: respacing '')."""
+        if self.discrete:
+            text = self.timestep_respacing.strip()
+            try:
+                return int(text[4:]) if text.startswith('ddim') else sum(int(n) for n in text.split(','))
+            except ValueError:
+                return None
         return 2 * self.num_steps - 1 if self.solver == 'heun' else self.num_steps
 
     def check(self):
         """Raise SamplerOptionError for options that no network can sample with."""
-        choices = dict(solver=tuple(solvers.SOLVERS), disc=schedules.DISCRETIZATIONS,
-                       schedule=schedules.SCHEDULES, scaling=schedules.SCALINGS)
+        choices = dict(solver=tuple(solvers.SOLVERS) + tuple(discrete.DISCRETE_SOLVERS), disc=schedules.DISCRETIZATIONS,
+                       schedule=schedules.SCHEDULES, scaling=schedules.SCALINGS, ts_mode=TS_MODES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SamplerOptionError(f'--{name} must be one of {"|".join(allowed)}, not "{getattr(self, name)}"')
-        if self.num_steps < 2:
+        self._check_discrete()
+        if self.num_steps < 2 and not (self.discrete and self.respacing is not None):
             hint = ' (Heun with 1 step would be a single Euler step)' if self.solver == 'heun' else ''
             raise SamplerOptionError(f'--steps must be at least 2, got {self.num_steps}{hint}')
         for name in ('sigma_min', 'sigma_max'):
@@ -65,7 +92,8 @@ class SamplerOptions:
             raise SamplerOptionError(f'--rho must be positive, got {self.rho}')
         if self.S_churn < 0 or self.S_min < 0 or self.S_max < 0:
             raise SamplerOptionError('--S_churn, --S_min and --S_max must not be negative')
-        scalers = denoisers.eps_scalers(self.num_steps, self.eps_scaler, self.eps_scaler_k)
+        scalers = denoisers.eps_scalers(self.nfe if self.discrete and self.nfe else self.num_steps,
+                                        self.eps_scaler, self.eps_scaler_k)
         if not all(s > 0 and math.isfinite(s) for s in scalers):
             raise SamplerOptionError(f'epsilon scalers must be positive: --eps_scaler={self.eps_scaler:g} with '
                                      f'--eps_scaler_k={self.eps_scaler_k:g} gives {min(scalers):g} at some step')
@@ -75,6 +103,32 @@ class SamplerOptions:
             raise SamplerOptionError(f'--ts_cutoff must not be negative, got {self.ts_cutoff:g}')
         if self.ts_signal_var is not None and self.ts_signal_var < 0:
             raise SamplerOptionError(f'--ts_signal_var must not be negative, got {self.ts_signal_var:g}')
+
+    def _check_discrete(self):
+        defaults = SamplerOptions()
+        if not self.discrete:
+            for name in ('respacing', 'eta', 'clip_denoised', 'variance'):
+                if getattr(self, name) != getattr(defaults, name):
+                    flag = '--no-clip_denoised' if name == 'clip_denoised' else f'--{name}'
+                    raise SamplerOptionError(f'{flag} applies to --solver=ddpm|ddim only, not {self.solver}')
+            if self.ts_mode == 'tsdpm':
+                raise SamplerOptionError(f'--ts_mode=tsdpm is TS-DPM-ADM\'s time shift for --solver=ddim, not {self.solver}')
+            return
+        for name in ('sigma_min', 'sigma_max', 'rho', 'disc', 'schedule', 'scaling', 'S_churn'):
+            if getattr(self, name) != getattr(defaults, name):
+                raise SamplerOptionError(f'--{name} applies to the EDM solvers (euler, heun), not --solver={self.solver}')
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise SamplerOptionError(f'--eta must be a non-negative number, got {self.eta}')
+        if self.eta != 0 and self.solver != 'ddim':
+            raise SamplerOptionError('--eta applies to --solver=ddim only')
+        if self.variance is not None and (self.variance not in discrete.VARIANCES or self.solver != 'ddpm'):
+            raise SamplerOptionError(f'--variance must be one of {"|".join(discrete.VARIANCES)} with --solver=ddpm, '
+                                     f'not "{self.variance}" with {self.solver}')
+        if self.ts_mode == 'tsdpm' and self.solver != 'ddim':
+            raise SamplerOptionError('--ts_mode=tsdpm is TS-DPM-ADM\'s time shift, defined for --solver=ddim only '
+                                     '(its DDPM ignores it); use --ts_mode=clean with ddpm')
+        if self.ts_mode == 'tsdpm' and self.ts_cutoff != int(self.ts_cutoff):
+            raise SamplerOptionError(f'--ts_cutoff is an original timestep with --ts_mode=tsdpm, got {self.ts_cutoff:g}')
 
 
 def sigma_range(net, options):
@@ -102,6 +156,9 @@ class Sampler:
         self.options = options
         self.fast = fast
         device = torch.device('cpu') if device is None else torch.device(device)
+        if options.discrete:
+            self._init_discrete(net, options, device, fast)
+            return
         sigma_min, sigma_max = sigma_range(net, options)
         levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)
         self.sigmas = schedules.with_zero(net.round_sigma(levels))
@@ -113,16 +170,75 @@ class Sampler:
         self.time_shift = None
         if options.ts_window > 0:
             grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
-            signal_var = options.ts_signal_var
-            if signal_var is None:
-                signal_var = getattr(net, 'sigma_data', 0.5) ** 2
-            self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, signal_var)
+            self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, _signal_var(net, options))
         self.solver = solvers.SOLVERS[options.solver]
+
+    def _init_discrete(self, net, options, device, fast):
+        self.process = discrete_process(net, options)
+        variance = discrete.default_variance(net, options.variance)
+        if variance == 'learned' and not getattr(net, 'learn_sigma', False):
+            raise SamplerOptionError('--variance=learned needs a network with learned sigma (--learn_sigma True)')
+        self.net = prepare_network(net, fast, device)
+        tap = denoisers.VarianceTap(self.net)
+        self.denoiser = denoisers.with_epsilon_scaling(tap, self.process.num_steps, options.eps_scaler, options.eps_scaler_k)
+        alpha_bar = net.alpha_bar.cpu().numpy()
+        self.time_shift = None
+        if options.ts_mode == 'tsdpm':
+            self.time_shift = TSDPMTimeShift(alpha_bar, options.ts_window, options.ts_cutoff)
+            try:
+                self.time_shift.check(self.process)
+            except TimeShiftError as err:
+                raise SamplerOptionError(str(err)) from None
+        elif options.ts_window > 0:
+            self.time_shift = DiscreteTimeShift(alpha_bar, options.ts_window, options.ts_cutoff, _signal_var(net, options))
+        self.solver = discrete.DISCRETE_SOLVERS[options.solver]
+        self.solver_kwargs = dict(clip_denoised=options.clip_denoised, eta=options.eta, variance=variance, tap=tap,
+                                  time_shift=self.time_shift)
 
     def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
         """Images [N, C, H, W] float64, roughly in [-1, 1]."""
         with self.fast.grad_mode():
-            images = self.solver(self.denoiser, latents, self.sigmas, randn_like, class_labels,
-                                 churn=self.churn, time_shift=self.time_shift, ode=self.ode)
+            if self.options.discrete:
+                images = self.solver(self.denoiser, latents, self.process, randn_like, class_labels, **self.solver_kwargs)
+            else:
+                images = self.solver(self.denoiser, latents, self.sigmas, randn_like, class_labels,
+                                     churn=self.churn, time_shift=self.time_shift, ode=self.ode)
         # A tensor made under inference_mode cannot be changed in place later; return an ordinary one.
         return images.clone() if images.is_inference() else images
+
+
+def _signal_var(net, options):
+    return getattr(net, 'sigma_data', 0.5) ** 2 if options.ts_signal_var is None else options.ts_signal_var
+
+
+def discrete_process(net, options):
+    """The Respacing of a discrete network for the options; SamplerOptionError if it has none."""
+    alpha_bar = getattr(net, 'alpha_bar', None)
+    if not isinstance(alpha_bar, torch.Tensor):
+        raise SamplerOptionError(f'--solver={options.solver} needs a discrete-time network (a converted ADM '
+                                 f'checkpoint); {type(net).__name__} is continuous: use --solver=euler or heun')
+    try:
+        process = discrete.respace(alpha_bar.cpu().numpy(), options.timestep_respacing)
+    except discrete.RespacingError as err:
+        raise SamplerOptionError(str(err)) from None
+    scalers = denoisers.eps_scalers(process.num_steps, options.eps_scaler, options.eps_scaler_k)
+    if not all(s > 0 and math.isfinite(s) for s in scalers):
+        raise SamplerOptionError(f'epsilon scalers must be positive: --eps_scaler={options.eps_scaler:g} with '
+                                 f'--eps_scaler_k={options.eps_scaler_k:g} gives {min(scalers):g} over {process.num_steps} steps')
+    return process
+
+
+def check_network(net, options):
+    """Raise SamplerOptionError if `net` cannot be sampled with `options` (before any work starts)."""
+    options.check()
+    if options.discrete:
+        process = discrete_process(net, options)
+        if options.ts_mode == 'tsdpm':
+            try:
+                TSDPMTimeShift(net.alpha_bar.cpu().numpy(), options.ts_window, options.ts_cutoff).check(process)
+            except TimeShiftError as err:
+                raise SamplerOptionError(str(err)) from None
+        if options.variance == 'learned' and not getattr(net, 'learn_sigma', False):
+            raise SamplerOptionError('--variance=learned needs a network with learned sigma (--learn_sigma True)')
+    else:
+        sigma_range(net, options)

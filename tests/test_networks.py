@@ -110,7 +110,7 @@ def test_module_imports_only_what_edm_provides():
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.update(f'{node.module}.{alias.name}' for alias in node.names)
-    assert imported <= {'numpy', 'torch', 'torch.nn.functional.silu', 'torch_utils.persistence'}, imported
+    assert imported <= {'math', 'numpy', 'torch', 'torch.nn.functional.silu', 'torch_utils.persistence'}, imported
 
 
 def test_every_module_class_is_persistent():

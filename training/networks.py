@@ -7,9 +7,15 @@ buffer names, initialisation and forward arithmetic agree with NVIDIA's EDM rele
 EDM state_dict loads here with strict key matching and gives the same outputs, and the same
 torch seed gives the same initial weights.
 
+A fifth preconditioner, ADMPrecond, makes the discrete-time models of OpenAI's
+guided-diffusion (ADM) and its forks EDM denoisers (training/adm.py converts their checkpoints).
+
 Pickles of these classes store this file's source, and EDM's own code base must be able to
-run it: import nothing here but torch, numpy and torch_utils.persistence.
+run it: import nothing here but the standard library's math, torch, numpy and
+torch_utils.persistence.
 """
+
+import math
 
 import numpy as np
 import torch
@@ -84,18 +90,22 @@ class Conv2d(torch.nn.Module):
     kernel=0 gives a weightless resampling layer. resample_filter holds the 1-D taps of a
     separable filter, normalised to unit DC gain. With fused_resample the resampling is
     merged with the convolution's padding (upsample first, or convolve at full resolution
-    and then decimate), as NCSN++ does.
+    and then decimate), as NCSN++ does. stride=2 gives a strided convolution instead of
+    FIR decimation (ADM's Downsample).
     """
 
     def __init__(self, in_channels, out_channels, kernel, bias=True, up=False, down=False,
-                 resample_filter=[1, 1], fused_resample=False, init_mode='kaiming_normal', init_weight=1, init_bias=0):
+                 resample_filter=[1, 1], fused_resample=False, init_mode='kaiming_normal', init_weight=1, init_bias=0,
+                 stride=1):
         assert not (up and down)
+        assert stride == 1 or (kernel and not (up or down))
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.up = up
         self.down = down
         self.fused_resample = fused_resample
+        self.stride = stride
         taps = kernel * kernel
         fans = dict(mode=init_mode, fan_in=in_channels * taps, fan_out=out_channels * taps)
         self.weight = _new_param([out_channels, in_channels, kernel, kernel], init_weight, **fans) if kernel else None
@@ -124,7 +134,7 @@ class Conv2d(torch.nn.Module):
             elif self.down:
                 x = _fir_downsample(x, fir, self.in_channels, padding=f_pad)
             if w is not None:
-                x = conv(x, w, padding=w_pad)
+                x = conv(x, w, padding=w_pad) if self.stride == 1 else conv(x, w, padding=w_pad, stride=self.stride)
         return x if b is None else x.add_(b.reshape(1, -1, 1, 1))
 
 
@@ -190,7 +200,7 @@ class UNetBlock(torch.nn.Module):
     def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
                  num_heads=None, channels_per_head=64, dropout=0, skip_scale=1, eps=1e-5,
                  resample_filter=[1, 1], resample_proj=False, adaptive_scale=True,
-                 init=dict(), init_zero=dict(init_weight=0), init_attn=None):
+                 init=dict(), init_zero=dict(init_weight=0), init_attn=None, min_channels_per_group=4):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -205,11 +215,11 @@ class UNetBlock(torch.nn.Module):
 
         # Creation order fixes the order of random draws; keep it.
         resampling = dict(up=up, down=down, resample_filter=resample_filter)
-        self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
+        self.norm0 = GroupNorm(num_channels=in_channels, eps=eps, min_channels_per_group=min_channels_per_group)
         self.conv0 = Conv2d(in_channels=in_channels, out_channels=out_channels, kernel=3, **resampling, **init)
         affine_out = out_channels * 2 if adaptive_scale else out_channels
         self.affine = Linear(in_features=emb_channels, out_features=affine_out, **init)
-        self.norm1 = GroupNorm(num_channels=out_channels, eps=eps)
+        self.norm1 = GroupNorm(num_channels=out_channels, eps=eps, min_channels_per_group=min_channels_per_group)
         self.conv1 = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=3, **init_zero)
 
         # Shortcut: identity when shapes agree; otherwise resampling, with a 1x1 projection
@@ -221,7 +231,7 @@ class UNetBlock(torch.nn.Module):
                                **resampling, **init)
 
         if self.num_heads:
-            self.norm2 = GroupNorm(num_channels=out_channels, eps=eps)
+            self.norm2 = GroupNorm(num_channels=out_channels, eps=eps, min_channels_per_group=min_channels_per_group)
             qkv_init = init if init_attn is None else init_attn
             self.qkv = Conv2d(in_channels=out_channels, out_channels=out_channels * 3, kernel=1, **qkv_init)
             self.proj = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=1, **init_zero)
@@ -259,20 +269,25 @@ class PositionalEmbedding(torch.nn.Module):
     """Sinusoidal embedding [cos(x f_i), sin(x f_i)] with f_i = max_positions^(-i/D), i < num_channels/2.
 
     D is num_channels/2, or num_channels/2 - 1 with endpoint=True (the last frequency is then
-    exactly 1/max_positions).
+    exactly 1/max_positions). exp_form=True computes f_i as exp(-ln(max_positions) i/D), the
+    same number rounded as ADM (guided-diffusion's `timestep_embedding`) rounds it.
     """
 
-    def __init__(self, num_channels, max_positions=10000, endpoint=False):
+    def __init__(self, num_channels, max_positions=10000, endpoint=False, exp_form=False):
         super().__init__()
         self.num_channels = num_channels
         self.max_positions = max_positions
         self.endpoint = endpoint
+        self.exp_form = exp_form
 
     def forward(self, x):
         half = self.num_channels // 2
         exponent = torch.arange(start=0, end=half, dtype=torch.float32, device=x.device)
-        exponent = exponent / (half - 1 if self.endpoint else half)
-        freqs = (1 / self.max_positions) ** exponent
+        if self.exp_form:
+            freqs = torch.exp(-float(np.log(self.max_positions)) * exponent / half)
+        else:
+            exponent = exponent / (half - 1 if self.endpoint else half)
+            freqs = (1 / self.max_positions) ** exponent
         phase = torch.outer(x, freqs.to(x.dtype))
         return torch.cat([phase.cos(), phase.sin()], dim=1)
 
@@ -462,8 +477,12 @@ class SongUNet(torch.nn.Module):
 class DhariwalUNet(torch.nn.Module):
     """ADM of Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis" (NeurIPS 2021).
 
-    Attention blocks get out_channels // 64 heads, so a resolution with fewer than 64
-    channels gets no attention.
+    The defaults are EDM's variant: attention blocks get out_channels // 64 heads (a
+    resolution with fewer than 64 channels gets no attention) and GroupNorm uses
+    min(32, C // 4) groups. The keyword arguments after `label_dropout` hold every
+    architecture of guided-diffusion's `UNetModel` (training/adm.py maps its flags): a fixed
+    number of heads, other channels per head, always 32 groups, the embedding as a bias,
+    strided-convolution resampling, and the timestep embedding rounded as ADM rounds it.
     """
 
     def __init__(self,
@@ -479,17 +498,29 @@ class DhariwalUNet(torch.nn.Module):
                  attn_resolutions=[32, 16, 8],   # Resolutions with self-attention.
                  dropout=0.10,                   # Dropout rate inside the residual blocks.
                  label_dropout=0,                # Rate of dropped class labels while training.
+                 channels_per_head=64,           # Attention channels per head (ADM --num_head_channels).
+                 num_heads=None,                 # Fixed head count in encoder and middle instead (ADM --num_heads).
+                 num_heads_up=None,              # Fixed head count in the decoder (ADM --num_heads_upsample); None = num_heads.
+                 min_channels_per_group=4,       # GroupNorm groups: min(32, C // this); 1 = always 32 (ADM).
+                 adaptive_scale=True,            # Embedding as scale and shift (ADM --use_scale_shift_norm) or as a bias.
+                 resample_blocks=True,           # Resample in residual blocks (ADM --resblock_updown), else by convolutions.
+                 exp_embedding=False,            # Timestep embedding frequencies rounded as in ADM.
                  ):
         super().__init__()
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         init = dict(init_mode='kaiming_uniform', init_weight=np.sqrt(1 / 3), init_bias=np.sqrt(1 / 3))
         init_zero = dict(init_mode='kaiming_uniform', init_weight=0, init_bias=0)
-        block_kwargs = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init, init_zero=init_zero)
+        block_kwargs = dict(emb_channels=emb_channels, channels_per_head=channels_per_head, dropout=dropout,
+                            adaptive_scale=adaptive_scale, min_channels_per_group=min_channels_per_group,
+                            init=init, init_zero=init_zero)
         block = lambda cin, cout, **kw: UNetBlock(in_channels=cin, out_channels=cout, **kw, **block_kwargs)
+        heads_down = dict(num_heads=num_heads)
+        heads_up = dict(num_heads=num_heads if num_heads_up is None else num_heads_up)
+        widths = [int(model_channels * mult) for mult in channel_mult]  # ADM allows fractional multipliers
 
         # Mapping (creation order matters for the random draws).
-        self.map_noise = PositionalEmbedding(num_channels=model_channels)
+        self.map_noise = PositionalEmbedding(num_channels=model_channels, **(dict(exp_form=True) if exp_embedding else {}))
         self.map_augment = None
         if augment_dim:
             self.map_augment = Linear(in_features=augment_dim, out_features=model_channels, bias=False, **init_zero)
@@ -503,33 +534,37 @@ class DhariwalUNet(torch.nn.Module):
 
         self.enc = torch.nn.ModuleDict()
         width = in_channels
-        for level, mult in enumerate(channel_mult):
+        for level, level_width in enumerate(widths):
             res = img_resolution >> level
             tag = f'{res}x{res}'
             if level == 0:
-                self.enc[f'{tag}_conv'] = Conv2d(in_channels=width, out_channels=model_channels * mult, kernel=3, **init)
-                width = model_channels * mult
-            else:
+                self.enc[f'{tag}_conv'] = Conv2d(in_channels=width, out_channels=level_width, kernel=3, **init)
+                width = level_width
+            elif resample_blocks:
                 self.enc[f'{tag}_down'] = block(width, width, down=True)
+            else:
+                self.enc[f'{tag}_down'] = Conv2d(in_channels=width, out_channels=width, kernel=3, stride=2, **init)
             for idx in range(num_blocks):
-                self.enc[f'{tag}_block{idx}'] = block(width, model_channels * mult, attention=res in attn_resolutions)
-                width = model_channels * mult
+                self.enc[f'{tag}_block{idx}'] = block(width, level_width, attention=res in attn_resolutions, **heads_down)
+                width = level_width
         skip_widths = [m.out_channels for m in self.enc.values()]
 
         self.dec = torch.nn.ModuleDict()
-        for level in reversed(range(len(channel_mult))):
+        for level in reversed(range(len(widths))):
             res = img_resolution >> level
             tag = f'{res}x{res}'
-            if level == len(channel_mult) - 1:
-                self.dec[f'{tag}_in0'] = block(width, width, attention=True)
+            if level == len(widths) - 1:
+                self.dec[f'{tag}_in0'] = block(width, width, attention=True, **heads_down)
                 self.dec[f'{tag}_in1'] = block(width, width)
-            else:
+            elif resample_blocks:
                 self.dec[f'{tag}_up'] = block(width, width, up=True)
+            else:
+                self.dec[f'{tag}_up'] = Conv2d(in_channels=width, out_channels=width, kernel=3, up=True, **init)
             for idx in range(num_blocks + 1):
-                self.dec[f'{tag}_block{idx}'] = block(width + skip_widths.pop(), model_channels * channel_mult[level],
-                                                      attention=res in attn_resolutions)
-                width = model_channels * channel_mult[level]
-        self.out_norm = GroupNorm(num_channels=width)
+                self.dec[f'{tag}_block{idx}'] = block(width + skip_widths.pop(), widths[level],
+                                                      attention=res in attn_resolutions, **heads_up)
+                width = widths[level]
+        self.out_norm = GroupNorm(num_channels=width, min_channels_per_group=min_channels_per_group)
         self.out_conv = Conv2d(in_channels=width, out_channels=out_channels, kernel=3, **init_zero)
 
     def _embed(self, noise_labels, class_labels, augment_labels, batch):
@@ -544,13 +579,13 @@ class DhariwalUNet(torch.nn.Module):
     def forward(self, x, noise_labels, class_labels, augment_labels=None):
         emb = self._embed(noise_labels, class_labels, augment_labels, x.shape[0])
         skips = []
-        for key, layer in self.enc.items():
-            x = layer(x) if _role(key) == 'conv' else layer(x, emb)
+        for layer in self.enc.values():
+            x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
             skips.append(x)
         for key, layer in self.dec.items():
             if _role(key).startswith('block'):
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = layer(x, emb)
+            x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
         return self.out_conv(silu(self.out_norm(x)))
 
 #----------------------------------------------------------------------------
@@ -574,8 +609,9 @@ def _common_attributes(net, img_resolution, img_channels, label_dim, use_fp16):
     net.use_fp16 = use_fp16
 
 
-def _precondition(net, x, sigma, class_labels, force_fp32, model_kwargs):
-    """Eq. 7 for preconditioner `net`; x is [N, C, H, W], sigma a scalar or [N]."""
+def _precondition(net, x, sigma, class_labels, force_fp32, model_kwargs, extra_channels=False):
+    """Eq. 7 for preconditioner `net`; x is [N, C, H, W], sigma a scalar or [N]. With
+    extra_channels, (D, the model's output channels after the first img_channels, float32)."""
     x = x.to(torch.float32)
     sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
     if not net.label_dim:
@@ -591,7 +627,8 @@ def _precondition(net, x, sigma, class_labels, force_fp32, model_kwargs):
     F_x = net.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
     assert F_x.dtype == dtype
     # iDDPM's model also predicts variances in its second half of channels; D uses the first.
-    return c_skip * x + c_out * F_x[:, :net.img_channels].to(torch.float32)
+    denoised = c_skip * x + c_out * F_x[:, :net.img_channels].to(torch.float32)
+    return (denoised, F_x[:, net.img_channels:].to(torch.float32)) if extra_channels else denoised
 
 
 @persistence.persistent_class
@@ -770,3 +807,97 @@ class EDMPrecond(torch.nn.Module):
     def round_sigma(self, sigma):
         """Continuous-time model: any sigma is supported, returned as a tensor."""
         return torch.as_tensor(sigma)
+
+
+#----------------------------------------------------------------------------
+# Discrete-time VP models of guided-diffusion (ADM): Ho et al. 2020, Nichol & Dhariwal 2021.
+
+ADM_NOISE_SCHEDULES = ('linear', 'cosine')
+ADM_MAX_STEPS = 100000          # Largest T accepted (tables are built in Python; published models use 1000 or 4000).
+
+
+def adm_betas(noise_schedule, diffusion_steps):
+    """float64 numpy betas [T] of guided-diffusion's named schedules, computed as it computes them."""
+    steps = int(diffusion_steps)
+    if not 1 <= steps <= ADM_MAX_STEPS:
+        raise ValueError(f'diffusion_steps must be in 1..{ADM_MAX_STEPS}, got {steps}')
+    if noise_schedule == 'linear':
+        # Ho et al.'s 1e-4 .. 0.02 over 1000 steps, stretched to T steps.
+        scale = 1000 / steps
+        return np.linspace(scale * 0.0001, scale * 0.02, steps, dtype=np.float64)
+    if noise_schedule == 'cosine':
+        # beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999), abar(t) = cos^2((t + s)/(1 + s) pi/2), s = 0.008
+        # (iDDPM Eq. 17), in Python floats as guided-diffusion evaluates it.
+        abar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        return np.array([min(1 - abar((i + 1) / steps) / abar(i / steps), 0.999) for i in range(steps)])
+    raise ValueError(f'unknown noise schedule "{noise_schedule}"; expected one of {", ".join(ADM_NOISE_SCHEDULES)}')
+
+
+def adm_alpha_bar(noise_schedule, diffusion_steps):
+    """float64 numpy alpha_bar_t = prod_{s <= t} (1 - beta_s), t = 0..T-1."""
+    return np.cumprod(1.0 - adm_betas(noise_schedule, diffusion_steps), axis=0)
+
+
+@persistence.persistent_class
+class ADMPrecond(torch.nn.Module):
+    """A guided-diffusion (ADM) model as an EDM denoiser D(x; sigma).
+
+    The model was trained on x_t = sqrt(abar_t) y + sqrt(1 - abar_t) n at the integer
+    timesteps t = 0..T-1 and predicts n (eps), plus with learn_sigma a variance output v
+    (iDDPM Eq. 15). In EDM's terms x = x_t / sqrt(abar_t) = y + sigma_t n with
+    sigma_t = sqrt(1 / abar_t - 1): D rounds sigma to the nearest sigma_t for the timestep,
+    feeds x_t = x / sqrt(1 + sigma^2), and returns x - sigma eps, which for sigma = sigma_t
+    is guided-diffusion's pred_xstart (before clipping).
+    """
+
+    def __init__(self,
+                 img_resolution,                 # Image resolution.
+                 img_channels,                   # Image channels.
+                 label_dim=0,                    # Class label size; 0 = unconditional.
+                 use_fp16=False,                 # Run the model in float16 (on CUDA only)?
+                 diffusion_steps=1000,           # Timesteps T the model was trained with.
+                 noise_schedule='linear',        # Betas: 'linear' or 'cosine'.
+                 learn_sigma=False,              # Does the model also output v (2 * img_channels outputs)?
+                 rescale_timesteps=False,        # Feed t * 1000 / T instead of t (guided-diffusion's flag).
+                 model_type='DhariwalUNet',      # Inner model class.
+                 **model_kwargs,                 # Arguments of the inner model.
+                 ):
+        super().__init__()
+        _common_attributes(self, img_resolution, img_channels, label_dim, use_fp16)
+        self.diffusion_steps = int(diffusion_steps)
+        self.noise_schedule = noise_schedule
+        self.learn_sigma = bool(learn_sigma)
+        self.rescale_timesteps = bool(rescale_timesteps)
+        alpha_bar = adm_alpha_bar(noise_schedule, diffusion_steps)
+        sigmas = np.sqrt(1 / alpha_bar - 1)  # guided-diffusion's sqrt_recipm1_alphas_cumprod
+        self.register_buffer('alpha_bar', torch.as_tensor(alpha_bar, dtype=torch.float64), persistent=False)
+        self.register_buffer('sigmas', torch.as_tensor(sigmas, dtype=torch.float64), persistent=False)
+        self.sigma_min = float(sigmas[0])
+        self.sigma_max = float(sigmas[-1])
+        out_channels = img_channels * 2 if learn_sigma else img_channels
+        self.model = _build_model(model_type, img_resolution, img_channels, out_channels, label_dim, model_kwargs)
+
+    def forward(self, x, sigma, class_labels=None, force_fp32=False, return_var_values=False, **model_kwargs):
+        """D(x; sigma) [N, C, H, W] float32; with return_var_values, (D, v) where v is the
+        model's variance output in [-1, 1] (None without learn_sigma)."""
+        denoised, extra = _precondition(self, x, sigma, class_labels, force_fp32, model_kwargs, extra_channels=True)
+        if not return_var_values:
+            return denoised
+        return denoised, (extra if self.learn_sigma else None)
+
+    def coefficients(self, sigma):
+        """(c_skip, c_out, c_in, c_noise) = (1, -sigma, 1/sqrt(sigma^2+1), t) with t the
+        timestep of the nearest sigma_t."""
+        t = self.round_sigma(sigma, return_index=True).to(torch.float32)
+        if self.rescale_timesteps:
+            t = t * (1000.0 / self.diffusion_steps)
+        return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), t
+
+    def round_sigma(self, sigma, return_index=False):
+        """The nearest sigma_t (by |sigma - sigma_t|, float64) to each element of sigma, or its
+        timestep t, in sigma's shape."""
+        sigma = torch.as_tensor(sigma)
+        grid = self.sigmas.to(sigma.device)
+        index = (sigma.to(torch.float64).reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(dim=1)
+        result = index if return_index else grid[index].to(sigma.dtype)
+        return result.reshape(sigma.shape)
