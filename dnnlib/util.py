@@ -23,6 +23,10 @@ class EasyDict(dict):
     """A dict whose keys can also be read and written as attributes."""
 
     def __getattr__(self, name: str) -> Any:
+        # Dunder names are never keys: pickle and copy look up __setstate__, __reduce_ex__, ...
+        # on instances, and a key of that name must not answer for them.
+        if name.startswith('__') and name.endswith('__'):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
