@@ -10,6 +10,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -229,12 +230,15 @@ def _check_outdir(outdir):
 
 
 def _record_options(outdir, seeds, subdirs, resume, record):
+    created = not os.path.isdir(outdir)
     try:
         os.makedirs(outdir, exist_ok=True)
         if resume:
             check_options_record(outdir, record, existing_images(outdir, seeds, subdirs))
         write_options_record(outdir, record)
     except OSError as err:
+        if created:
+            shutil.rmtree(outdir, ignore_errors=True)  # leave nothing behind
         raise GenerateError(cli.os_error_message(err)) from None
 
 

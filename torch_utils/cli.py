@@ -53,6 +53,10 @@ DEVICE = DeviceType()
 
 
 def os_error_message(err: OSError, action='write') -> str:
-    """'cannot write PATH: No space left on device' for an OSError, on one line."""
-    where = f' {err.filename}' if getattr(err, 'filename', None) else ''
-    return f'cannot {action}{where}: {err.strerror or err}'
+    """One line for an OSError: 'cannot write PATH: No space left on device' (or 'PATH: ...'
+    when `action` is None)."""
+    where = str(err.filename) if getattr(err, 'filename', None) else ''
+    reason = err.strerror or str(err) or type(err).__name__
+    if action is None:
+        return f'{where}: {reason}' if where else reason
+    return f'cannot {action}{" " + where if where else ""}: {reason}'
