@@ -785,7 +785,7 @@ def _common_options(fn):
         click.option('--network', help='Network pickle or weights-only file  [default: the bundled MNIST model]', metavar='PATH|URL', type=str, default=None),
         click.option('--seeds', help='Random seeds (e.g. 0-999)', metavar='LIST', type=str, default='0-999', show_default=True),
         click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None),
-        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
+        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1, max=cli.MAX_BATCH), default=64, show_default=True),
         click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=cli.DEVICE, default=None),
         click.option('--allow-pickle-code', help='Run the code stored in the network pickle (trusted files only)', is_flag=True, default=None),
     ]

@@ -302,8 +302,13 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         if fast.changes_network:
             dist.print0(f'Fast paths: {_describe(fast)}; pixels may differ slightly from the plain path '
                         '(docs/performance.md)')
-        stats = generate_images(net, seeds, outdir, options, subdirs=subdirs, class_idx=class_idx,
-                                max_batch_size=max_batch_size, device=device, resume=resume, fast=fast, sampler=sampler)
+        try:
+            stats = generate_images(net, seeds, outdir, options, subdirs=subdirs, class_idx=class_idx,
+                                    max_batch_size=max_batch_size, device=device, resume=resume, fast=fast, sampler=sampler)
+        except (MemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError) and 'out of memory' not in str(err) and "can't allocate" not in str(err):
+                raise
+            raise GenerateError(f'out of memory sampling batches of {max_batch_size} on {device}; use a smaller --batch') from None
         if grid is not None and dist.get_rank() == 0:
             try:
                 write_grid(grid, outdir, seeds, subdirs)
@@ -360,7 +365,7 @@ def sampler_options(*names):
 @click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True)
 @click.option('--subdirs', help='Create a subdirectory for every 1000 seeds', is_flag=True)
 @click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1, max=cli.MAX_BATCH), default=64, show_default=True)
 @click.option('--resume/--no-resume', help='Skip seeds whose PNG exists (refused if outdir was made with other options)', default=True, show_default=True)
 @click.option('--grid', help=f'Also write a grid of the images (first {GRID_MAX_IMAGES} seeds)', metavar='PNG', type=str, default=None)
 @click.option('--allow-pickle-code', help='Run the code stored in the network pickle (EDM behaviour; trusted files only)', is_flag=True, default=None)

@@ -165,7 +165,7 @@ def test_float_type_refuses_nan_and_inf(text):
     ['--ts_signal_var=inf'], ['--S_noise=-inf'],
     ['--device=bogus'], ['--device=meta'], ['--device=cuda:99'],
     ['--seeds=4294967296'], ['--seeds=0-4294967296'], ['--seeds=-1'], ['--seeds=1-x'], ['--seeds=,'],
-    ['--class=3'], ['--class=-1'], ['--batch=0'], ['--steps=1'],
+    ['--class=3'], ['--class=-1'], ['--batch=0'], ['--batch=65537'], ['--steps=1'],
 ])
 def test_generate_bad_options(files, tmp_path, args):
     out = tmp_path / 'out'
@@ -236,6 +236,15 @@ def test_generate_file_size_limit_in_a_subprocess(files, tmp_path, repo_root):
     lines = [line for line in res.stderr.splitlines() if line.strip() and '%|' not in line]  # not progress bars
     assert res.returncode == 1 and len(lines) == 1 and 'File too large' in lines[0], res.stderr
     assert sorted(os.listdir(out)) == [generate.OPTIONS_RECORD]
+
+
+def test_generate_out_of_memory(files, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(generate.Sampler, '__call__', no_memory)
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-3', '--batch=4'))
+    assert 'use a smaller --batch' in line and not [f for f in os.listdir(out) if f.endswith('.png')]
 
 
 def test_generate_a_billion_seeds_start_at_once_in_flat_memory(files, tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ class FloatRange(click.FloatRange):
 
 
 FLOAT = FloatRange()                    # any finite float
+MAX_BATCH = 1 << 16                     # images per batch (one generator each); EDM-ES used 512
 
 
 class DeviceType(click.ParamType):
