@@ -268,8 +268,11 @@ def test_easydict_state_cannot_reach_setstate(tmp_path):
     obj = Raw(glob('dnnlib.util', 'EasyDict').data + pickle.EMPTY_TUPLE + pickle.NEWOBJ
               + enc('__setstate__') + glob('builtins', 'set').data + pickle.SETITEM + enc(dict(x=1)) + pickle.BUILD)
     _refused(tmp_path, dumps(dict(ema=obj)), 'unexpected state for a stored EasyDict')
-    d = dnnlib.EasyDict(__setstate__=print, a=1)
-    assert d.a == 1 and not hasattr(d, '__setstate__') and not hasattr(d, '__reduce_ex__x')
+    # The EasyDict handed out never answers a dunder lookup with a key (copy and pickle look them up).
+    d = dnnlib.EasyDict(__setstate__=print, __deepcopy__=print, a=1)
+    assert d.a == 1 and not hasattr(d, '__setstate__')
+    import copy
+    assert copy.deepcopy(d) == d
 
 
 def test_state_on_records_and_torch_globals_is_refused(tmp_path):
@@ -358,13 +361,18 @@ def test_weights_file_with_hostile_sizes(tmp_path):
     payload['config'] = json.dumps(config)
     with pytest.raises(NetworkLoadError, match='more than|needs'):
         loader.load_network(_weights_file(tmp_path, payload))
-    # A zip entry shorter than its declared storage.
-    path = _weights_file(tmp_path, _tiny_payload())
-    data = bytearray(open(path, 'rb').read())
+    # A zip entry shorter than its declared storage, and a compressed entry (a zip bomb).
     import zipfile
+    path = _weights_file(tmp_path, _tiny_payload())
     with zipfile.ZipFile(path) as z:
-        info = [i for i in z.infolist() if '/data/' in i.filename][0]
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    assert data[:4] == b'PK\x03\x04' and start > 0
-    with pytest.raises(NetworkLoadError, match='weights file'):
-        loader.load_network_pickle(_write(tmp_path, bytes(data[:start + 4])))
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    for case in ('short', 'deflated'):
+        out = tmp_path / f'{case}.pt'
+        with zipfile.ZipFile(out, 'w') as z:
+            for info, data in entries:
+                if case == 'short' and info.filename.endswith('/data/0'):
+                    data = data[:4]
+                z.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED if case == 'deflated' else zipfile.ZIP_STORED)
+        with pytest.raises(NetworkLoadError, match='storage declares|compressed') as info:
+            loader.load_network_pickle(str(out))
+        assert '\n' not in str(info.value)
