@@ -645,6 +645,9 @@ def convert_dataset(source: str, dest: str, *, max_images: Optional[int] = None,
 # Command line.
 
 
+MAX_RESOLUTION = 8192  # pixels per side (an 8192x8192 RGB image is 200 MB)
+
+
 class ResolutionType(click.ParamType):
     """WxH (or W,H) -> (width, height)."""
     name = 'WxH'
@@ -655,7 +658,10 @@ class ResolutionType(click.ParamType):
         match = re.fullmatch(r'\s*(\d+)\s*[x,]\s*(\d+)\s*', str(value))
         if not match:
             self.fail(f'{value!r} is not WxH, e.g. 64x64', param, ctx)
-        return int(match.group(1)), int(match.group(2))
+        width, height = int(match.group(1)), int(match.group(2))
+        if not (0 < width <= MAX_RESOLUTION and 0 < height <= MAX_RESOLUTION):
+            self.fail(f'{value!r}: width and height must be from 1 to {MAX_RESOLUTION}', param, ctx)
+        return width, height
 
 
 @click.command(context_settings=dict(max_content_width=90, terminal_width=90))

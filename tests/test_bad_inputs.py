@@ -339,6 +339,14 @@ def test_dataset_tool_labels_must_be_class_indices(tmp_path, label):
     assert 'dataset.json' in line and 'labels must be integers' in line
 
 
+@pytest.mark.parametrize('args', [['--resolution=131072x131072'], ['--resolution=0x0'], ['--resolution=64'],
+                                  ['--max-images=0'], ['--workers=0'], ['--transform=center-crop']])
+def test_dataset_tool_bad_options(tmp_path, args):
+    source = write_images(tmp_path / 'src', count=2, labels=[0, 1])
+    dest = tmp_path / 'out.zip'
+    assert_one_error_line(run('dataset_tool', f'--source={source}', f'--dest={dest}', *args), dest)
+
+
 def test_dataset_tool_labels_in_a_zip_source(tmp_path):
     source = write_images(tmp_path / 'src', count=2, labels=[0, -3])
     import zipfile
