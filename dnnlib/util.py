@@ -151,7 +151,13 @@ def parse_int_ranges(s: Any) -> IntRanges:
     if isinstance(s, IntRanges):
         return s
     if isinstance(s, (list, tuple, range)):
-        items = [(int(v), int(v) + 1) for v in s]
+        pieces = []                 # runs of consecutive numbers, repeats dropped: O(len(s))
+        for v in dict.fromkeys(int(v) for v in s):
+            if pieces and pieces[-1][1] == v:
+                pieces[-1][1] = v + 1
+            else:
+                pieces.append([v, v + 1])
+        return IntRanges(pieces)
     else:
         text = str(s).strip()
         if not text:
