@@ -167,9 +167,7 @@ def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=Fal
     rank, world_size = dist.get_rank(), dist.get_world_size()
     seeds = seeds if isinstance(seeds, dnnlib.util.IntRanges) else dnnlib.util.parse_int_ranges(list(seeds))
     num_batches = -(-len(seeds) // max_batch_size)
-    mine = range(rank, num_batches, world_size)
-    dist.barrier()  # every process has looked at the folder before any writes to it
-
+    mine = range(rank, num_batches, world_size)  # by batch index alone: no rank needs to see the folder first
     num_seeds = len(mine) * max_batch_size - (num_batches * max_batch_size - len(seeds) if num_batches - 1 in mine else 0)
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
     counts = dict(written=0, skipped=0)
