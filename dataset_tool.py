@@ -8,11 +8,15 @@ import re
 
 import click
 
+from torch_utils import cli
 # convert_dataset, read_idx and default_workers are imported from here by scripts and tests.
 from training.dataset_convert import TRANSFORMS, DatasetToolError, convert_dataset, default_workers, read_idx  # noqa: F401
 
 #----------------------------------------------------------------------------
 # Command line.
+
+
+MAX_RESOLUTION = 8192  # pixels per side (an 8192x8192 RGB image is 200 MB)
 
 
 class ResolutionType(click.ParamType):
@@ -25,7 +29,10 @@ class ResolutionType(click.ParamType):
         match = re.fullmatch(r'\s*(\d+)\s*[x,]\s*(\d+)\s*', str(value))
         if not match:
             self.fail(f'{value!r} is not WxH, e.g. 64x64', param, ctx)
-        return int(match.group(1)), int(match.group(2))
+        width, height = int(match.group(1)), int(match.group(2))
+        if not (0 < width <= MAX_RESOLUTION and 0 < height <= MAX_RESOLUTION):
+            self.fail(f'{value!r}: width and height must be from 1 to {MAX_RESOLUTION}', param, ctx)
+        return width, height
 
 
 @click.command(context_settings=dict(max_content_width=90, terminal_width=90))
@@ -90,6 +97,8 @@ def main(source, dest, max_images, transform, resolution, workers):
                                   resolution=resolution, workers=workers)
     except DatasetToolError as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # disk full, file size limit, permissions: nothing is left at --dest
+        raise click.ClickException(cli.os_error_message(err, action=None)) from None
     w, h, c = summary['shape']
     click.echo(f'Wrote {summary["images"]} images ({w}x{h}, {c} channel{"s" if c > 1 else ""}, '
                f'labels: {"yes" if summary["labels"] else "none"}) to {dest}')

@@ -22,6 +22,7 @@ from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_ts, r
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
 from samplers import SamplerOptionError, SamplerOptions
+from torch_utils import cli
 from torch_utils import distributed as dist
 from training import loader
 from training.dataset import ImageFolderDataset
@@ -50,7 +51,8 @@ def _open_dataset(path):
         raise ExposureError(f'--data {path}: {str(err).splitlines()[0]}') from None
 
 
-ERRORS = (ExposureError, generate.GenerateError, SamplerOptionError, MetricError)
+ERRORS = (ExposureError, generate.GenerateError, SamplerOptionError, MetricError, dist.DeviceError)
+MAX_SEEDS = 1_000_000    # norms and sweeps keep per-seed arrays in memory (generate.py streams any number)
 
 
 def _cli(fn, distributed=False, device=None):
@@ -63,10 +65,11 @@ def _cli(fn, distributed=False, device=None):
             finally:
                 dist.shutdown()
         return fn()
-    except ERRORS as err:
+    except (*ERRORS, OSError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line
-        raise click.ClickException(str(err)) from None
+        message = cli.os_error_message(err, action=None) if isinstance(err, OSError) else str(err)
+        raise click.ClickException(message) from None
 
 
 # The sampler options shared by `norms` and `sweep`: generate.py's, with its names and defaults
@@ -80,8 +83,8 @@ def _common_options(fn):
         click.option('--network', help='Network pickle or weights-only file  [default: the bundled MNIST model]', metavar='PATH|URL', type=str, default=None),
         click.option('--seeds', help='Random seeds (e.g. 0-999)', metavar='LIST', type=str, default='0-999', show_default=True),
         click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None),
-        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
-        click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=str, default=None),
+        click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1, max=cli.MAX_BATCH), default=64, show_default=True),
+        click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=cli.DEVICE, default=None),
         click.option('--allow-pickle-code', help='Run the code stored in the network pickle (trusted files only)', is_flag=True, default=None),
     ]
     for option in reversed(options):
@@ -140,15 +143,15 @@ def main():
 @click.option('--data', 'data_path', help='Training dataset (ZIP or folder from dataset_tool.py)', metavar='ZIP|DIR', type=str, required=True)
 @click.option('--outdir', help='Where to write norms.json, norms.csv and norms.png', metavar='DIR', type=str, required=True)
 @_sampler_options
-@click.option('--eps_scaler', help='Epsilon scaling b while sampling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option('--eps_scaler', help='Epsilon scaling b while sampling', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option('--ts_window', help='Time shift window (grid positions each side); 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=cli.FloatRange(min=0), default=1.0, show_default=True)
 def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, data_path, outdir, **sampler_kwargs):
     """Mean ||eps||_2 at every network evaluation: sampling vs training images."""
     def work(device):
         options = _options(**sampler_kwargs)
         options.check()
-        seed_list = generate.parse_seeds(seeds)
+        seed_list = list(generate.parse_seeds(seeds, max_count=MAX_SEEDS))
         dataset = _open_dataset(data_path)
         label, net = _load_network(network, device, allow_pickle_code)
         generate.check_class(net, class_idx)
@@ -171,7 +174,7 @@ def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
 @click.option('--norms', 'norms_path', help='norms.json written by "exposure.py norms"', metavar='JSON', type=str, required=True)
 @click.option('--linear', help='Also fit a slope k: lambda_i = b + k (N-1-i) (ADM-ES form)', is_flag=True)
 @click.option('--fit', help='norm: least squares on the norms; ratio: on the ratios, each evaluation equal', metavar='norm|ratio', type=click.Choice(list(FITS)), default='norm', show_default=True)
-@click.option('--min-sigma', 'min_sigma', help='Fit only the evaluations at sigma >= this', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--min-sigma', 'min_sigma', help='Fit only the evaluations at sigma >= this', metavar='FLOAT', type=cli.FloatRange(min=0), default=0, show_default=True)
 @click.option('--json', 'json_path', help='Also write the suggestion and its derivation to this file', metavar='PATH', type=str, default=None)
 def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
     """Suggest --eps_scaler (and --eps_scaler_k) from measured norms."""
@@ -220,7 +223,7 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         base = _options(**sampler_kwargs)
         base.check()
         points = grid_points(parse_scalers(scalers), parse_ts(ts_text))
-        seed_list = generate.parse_seeds(seeds)
+        seed_list = list(generate.parse_seeds(seeds, max_count=MAX_SEEDS))
         name = score_name or ('FID' if detector_url == INCEPTION_URL else 'FD')
         if search and (len(parse_ts(ts_text)) != 1 or keep_images):
             raise ExposureError('--search takes one --ts setting and no --keep-images')

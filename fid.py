@@ -8,6 +8,7 @@ import click
 import dnnlib
 from metrics.detector import INCEPTION_URL, MetricError
 from metrics.evaluate import METRICS, calc_metrics, calc_reference
+from torch_utils import cli
 from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
@@ -49,10 +50,10 @@ def run_cli(fn):
     dist.init()
     try:
         return fn()
-    except MetricError as err:
+    except (MetricError, OSError) as err:
         if dist.get_rank() != 0:
             raise SystemExit(1)
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(cli.os_error_message(err, action=None) if isinstance(err, OSError) else str(err)) from None
     finally:
         dist.shutdown()
 
@@ -95,7 +96,7 @@ def main():
 @click.option('--images', 'image_path', help='Path to the images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Dataset reference statistics', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', 'num_expected', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--seed', help='Random seed for selecting the images', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seed', help='Random seed for selecting the images', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option('--batch', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--metrics', 'metric_names', help=f'Comma-separated metrics: {", ".join(METRICS)}', metavar='LIST', type=str, default='fid', show_default=True, callback=parse_metrics)
 @click.option('--detector', 'detector_url', help='Pickled feature detector', metavar='PKL|URL', type=str, default=INCEPTION_URL, show_default='NVIDIA Inception-v3')

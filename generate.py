@@ -10,6 +10,8 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import click
@@ -18,9 +20,10 @@ import tqdm
 
 import dnnlib
 from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
-from samplers.sampler import TSDPM_DEFAULT_CUTOFF, check_network
+from samplers.sampler import TSDPM_DEFAULT_CUTOFF
 from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
+from torch_utils import cli
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
 from training import loader
@@ -38,17 +41,26 @@ class GenerateError(Exception):
 # Seeds and file layout.
 
 
-def parse_seeds(text):
-    """Seeds from '0-49999', '1,5,9' or '0-9,100-109', in order, without repeats."""
+SEED_LIMIT = 1 << 32  # EDM seeds its generators with seed % 2^32: larger seeds would repeat images
+
+
+def parse_seeds(text, max_count=None):
+    """Seeds from '0-49999', '1,5,9' or '0-9,100-109', in order, without repeats, as a lazy
+    dnnlib.util.IntRanges (a range of a billion seeds costs nothing until it is walked)."""
     try:
-        seeds = dnnlib.util.parse_int_list(text)
+        seeds = dnnlib.util.parse_int_ranges(text)
     except ValueError as err:
         raise GenerateError(f'invalid --seeds "{text}": {err}') from None
     if not seeds:
         raise GenerateError(f'--seeds "{text}" selects no seeds')
-    if min(seeds) < 0:
+    if seeds.min() < 0:
         raise GenerateError(f'invalid --seeds "{text}": seeds must not be negative')
-    return list(dict.fromkeys(seeds))
+    if seeds.max() >= SEED_LIMIT:
+        raise GenerateError(f'invalid --seeds "{text}": seeds must be below 2^32 = {SEED_LIMIT} '
+                            '(EDM would wrap them around to repeat smaller seeds)')
+    if max_count is not None and len(seeds) > max_count:
+        raise GenerateError(f'--seeds "{text}" selects {len(seeds)} seeds; at most {max_count} are supported here')
+    return seeds
 
 
 def image_path(outdir, seed, subdirs=False):
@@ -116,17 +128,20 @@ class GenerateStats:
 def _write_batch(paths, images):
     for path, image in zip(paths, images):
         if path is not None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            image_io.save_png(path, image)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                image_io.save_png(path, image)
+            except OSError as err:  # disk full, file size limit, permissions: the PNG is not left half-written
+                raise GenerateError(f'cannot write {path}: {err.strerror or err}') from None
 
 
-def _all_ranks_sum(value, device):
+def _all_ranks_sum(values, device):
     if dist.get_world_size() == 1:
-        return value
+        return values
     sync_device = device if torch.distributed.get_backend() == 'nccl' else torch.device('cpu')
-    total = torch.tensor([value], dtype=torch.int64, device=sync_device)
+    total = torch.tensor(values, dtype=torch.int64, device=sync_device)
     torch.distributed.all_reduce(total)
-    return int(total.item())
+    return total.tolist()
 
 
 def check_class(net, class_idx):
@@ -140,47 +155,50 @@ def check_class(net, class_idx):
 
 
 def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
-                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths()):
+                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None):
     """Sample one PNG per seed into `outdir` with this process's share of the batches;
-    return GenerateStats. With `resume`, seeds whose PNG exists are not generated again.
-    `fast` selects inference fast paths (samplers.fast; the default changes no pixel).
+    return GenerateStats. With `resume`, seeds whose PNG exists complete are not generated
+    again. `fast` selects inference fast paths (samplers.fast; the default changes no pixel);
+    `sampler`, if given, is a Sampler already built for `net` with these options.
 
-    Batches are cut from the full seed list and dealt to the torchrun processes in turn; a
-    batch with some PNGs missing is sampled whole, so resumed images are byte-identical.
+    Batches are cut from the full seed list and dealt to the torchrun processes in turn, and
+    each process walks its share lazily (a billion seeds start at once); a batch with some
+    PNGs missing is sampled whole, so resumed images are byte-identical.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     check_class(net, class_idx)
-    sampler = Sampler(net, options, device=device, fast=fast)
+    if sampler is None:
+        sampler = Sampler(net, options, device=device, fast=fast)
     rank, world_size = dist.get_rank(), dist.get_world_size()
-
-    todo = []
-    num_skipped = 0
-    for batch in split_batches(seeds, max_batch_size):
-        paths = [image_path(outdir, seed, subdirs) for seed in batch]
-        missing = [path if not (resume and os.path.isfile(path)) else None for path in paths]
-        num_skipped += missing.count(None)
-        if any(missing):
-            todo.append((batch, missing))
-    mine = todo[rank::world_size]
-    dist.barrier()  # every process has looked at the folder before any writes to it
-
-    num_mine = sum(len(paths) - paths.count(None) for _, paths in mine)
+    seeds = seeds if isinstance(seeds, dnnlib.util.IntRanges) else dnnlib.util.parse_int_ranges(list(seeds))
+    num_batches = -(-len(seeds) // max_batch_size)
+    mine = range(rank, num_batches, world_size)  # by batch index alone: no rank needs to see the folder first
+    num_seeds = len(mine) * max_batch_size - (num_batches * max_batch_size - len(seeds) if num_batches - 1 in mine else 0)
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
+    counts = dict(written=0, skipped=0)
     start = time.time()
-    with tqdm.tqdm(total=num_mine, unit='img', disable=(rank != 0 or not progress), leave=False) as bar, \
+    with tqdm.tqdm(total=num_seeds, unit='img', disable=(rank != 0 or not progress), leave=False) as bar, \
             concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = None
-        for batch, paths in mine:
+        for b in mine:
+            batch = seeds[b * max_batch_size:(b + 1) * max_batch_size]
+            paths = [image_path(outdir, seed, subdirs) for seed in batch]
+            missing = [path if not (resume and image_io.is_complete_png(path)) else None for path in paths]
+            counts['skipped'] += missing.count(None)
+            if not any(missing):
+                bar.update(len(batch))
+                continue
             noise = SeedNoise(batch, device=device)
             latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
             images = image_io.to_uint8(sampler(latents, labels, noise.randn_like))
             if pending is not None:
                 pending.result()
-            pending = pool.submit(_write_batch, paths, images)  # PNG encoding overlaps the next batch
-            bar.update(len(paths) - paths.count(None))
+            pending = pool.submit(_write_batch, missing, images)  # PNG encoding overlaps the next batch
+            counts['written'] += len(paths) - missing.count(None)
+            bar.update(len(batch))
         if pending is not None:
             pending.result()
-    num_written = _all_ranks_sum(num_mine, device)
+    num_written, num_skipped = _all_ranks_sum([counts['written'], counts['skipped']], device)
     dist.barrier()
     return GenerateStats(num_written=num_written, num_skipped=num_skipped, seconds=time.time() - start)
 
@@ -200,20 +218,48 @@ def _on_rank0(fn):
 
 
 def _check_outdir(outdir):
+    """Raise GenerateError unless outdir (or, if it does not exist yet, its nearest existing
+    parent) is a folder we can write to; creates nothing."""
+    folder = os.path.abspath(outdir)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
     try:
-        os.makedirs(outdir, exist_ok=True)
-        with dnnlib.util.atomic_write(os.path.join(outdir, '.write-test')) as f:
-            f.write(b'')
-        os.remove(os.path.join(outdir, '.write-test'))
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(20, 'Not a directory')
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as err:
         raise GenerateError(f'cannot write to --outdir {outdir}: {err.strerror or err}') from None
 
 
 def _record_options(outdir, seeds, subdirs, resume, record):
-    if resume:
-        existing = any(os.path.isfile(image_path(outdir, seed, subdirs)) for seed in seeds)
-        check_options_record(outdir, record, existing)
-    write_options_record(outdir, record)
+    created = not os.path.isdir(outdir)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        if resume:
+            check_options_record(outdir, record, existing_images(outdir, seeds, subdirs))
+        write_options_record(outdir, record)
+    except OSError as err:
+        if created:
+            shutil.rmtree(outdir, ignore_errors=True)  # leave nothing behind
+        raise GenerateError(cli.os_error_message(err)) from None
+
+
+def existing_images(outdir, seeds, subdirs=False):
+    """True if a PNG of one of `seeds` exists in outdir. Costs one stat per seed, or for long
+    seed lists one listing of the folder, whichever is smaller."""
+    if len(seeds) <= 10000:
+        return any(os.path.isfile(image_path(outdir, seed, subdirs)) for seed in seeds)
+    seeds = seeds if isinstance(seeds, dnnlib.util.IntRanges) else dnnlib.util.parse_int_ranges(seeds)
+    folders = [outdir]
+    if subdirs:
+        folders = [entry.path for entry in os.scandir(outdir) if entry.is_dir() and entry.name.isdigit()]
+    for folder in folders:
+        for entry in os.scandir(folder):
+            stem, ext = os.path.splitext(entry.name)
+            if ext == '.png' and stem.isdigit() and int(stem) in seeds and entry.path == image_path(outdir, int(stem), subdirs):
+                return True
+    return False
 
 
 def _load(network, device, allow_pickle_code=None):
@@ -240,14 +286,18 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
             raise GenerateError(f'no --network given and the bundled model {DEFAULT_NETWORK} is missing '
                                 '(pass an EDM pickle, weights-only file or URL)')
         network = DEFAULT_NETWORK
-    device = dist.init(device)
+    try:
+        device = dist.init(device)
+    except dist.DeviceError as err:
+        raise GenerateError(f'invalid --device: {err}') from None
     try:
         fast.check(device)
         _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
         net = dist.leader_first(lambda: _load(network, device, allow_pickle_code), GenerateError)
         check_class(net, class_idx)
-        check_network(net, options)
+        sampler = Sampler(net, options, device=device, fast=fast)  # every option checked against the network
+        # Only now, with the network loaded and the options valid, is anything written.
         record = options_record(network, class_idx, options, fast)
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         steps = (f'respacing "{options.timestep_respacing}"' if options.discrete and options.respacing is not None
@@ -257,8 +307,13 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         if fast.changes_network:
             dist.print0(f'Fast paths: {_describe(fast)}; pixels may differ slightly from the plain path '
                         '(docs/performance.md)')
-        stats = generate_images(net, seeds, outdir, options, subdirs=subdirs, class_idx=class_idx,
-                                max_batch_size=max_batch_size, device=device, resume=resume, fast=fast)
+        try:
+            stats = generate_images(net, seeds, outdir, options, subdirs=subdirs, class_idx=class_idx,
+                                    max_batch_size=max_batch_size, device=device, resume=resume, fast=fast, sampler=sampler)
+        except (MemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError) and 'out of memory' not in str(err) and "can't allocate" not in str(err):
+                raise
+            raise GenerateError(f'out of memory sampling batches of {max_batch_size} on {device}; use a smaller --batch') from None
         if grid is not None and dist.get_rank() == 0:
             try:
                 write_grid(grid, outdir, seeds, subdirs)
@@ -283,25 +338,25 @@ def _options_from_cli(kwargs):
 # from here too, so that both tools accept the same options with the same defaults.
 SAMPLER_OPTIONS = dict(
     steps=click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-    sigma_min=click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-    sigma_max=click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-    rho=click.option('--rho', help='Time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
-    S_churn=click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-    S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-    S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
-    S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
+    sigma_min=click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True)),
+    sigma_max=click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True)),
+    rho=click.option('--rho', help='Time step exponent', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=7, show_default=True),
+    S_churn=click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=cli.FloatRange(min=0), default=0, show_default=True),
+    S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=cli.FloatRange(min=0), default=0, show_default=True),
+    S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=cli.FloatRange(min=0, allow_inf=True), default='inf', show_default=True),
+    S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=cli.FLOAT, default=1, show_default=True),
     solver=click.option('--solver', help='Solver (ddpm, ddim: discrete ADM networks)', metavar='euler|heun|ddpm|ddim', type=click.Choice(['euler', 'heun', 'ddpm', 'ddim']), default='heun', show_default=True),
     disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
     schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
     scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),
-    eps_scaler=click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
-    eps_scaler_k=click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=float, default=0.0, show_default=True),
+    eps_scaler=click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+    eps_scaler_k=click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=cli.FLOAT, default=0.0, show_default=True),
     ts_window=click.option('--ts_window', help='Time shift window in grid positions each side (tsdpm: full width); 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True),
-    ts_cutoff=click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this (tsdpm: timestep)  [default: 1; tsdpm: 300]', metavar='FLOAT', type=click.FloatRange(min=0)),
-    ts_signal_var=click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=click.FloatRange(min=0)),
+    ts_cutoff=click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this (tsdpm: timestep)  [default: 1; tsdpm: 300]', metavar='FLOAT', type=cli.FloatRange(min=0)),
+    ts_signal_var=click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=cli.FloatRange(min=0)),
     ts_mode=click.option('--ts_mode', help='Time shift: this toolkit\'s, or TS-DPM-ADM\'s (ddim only; on even with window 0)', metavar='clean|tsdpm', type=click.Choice(['clean', 'tsdpm']), default='clean', show_default=True),
     respacing=click.option('--timestep_respacing', 'respacing', help='ddpm/ddim: guided-diffusion\'s respacing (ddimN, N, N1,N2,...)  [default: --steps]', metavar='STR', type=str),
-    eta=click.option('--eta', help='ddim: noise of each step (0 = deterministic)', metavar='FLOAT', type=click.FloatRange(min=0), default=0.0, show_default=True),
+    eta=click.option('--eta', help='ddim: noise of each step (0 = deterministic)', metavar='FLOAT', type=cli.FloatRange(min=0), default=0.0, show_default=True),
     clip_denoised=click.option('--clip_denoised/--no-clip_denoised', 'clip_denoised', help='ddpm/ddim: clamp the predicted x0 to [-1, 1]', default=True, show_default=True),
     variance=click.option('--variance', help='ddpm: variance  [default: learned with learned sigma, else large]', metavar='learned|large|small', type=click.Choice(['learned', 'large', 'small'])),
 )
@@ -322,11 +377,11 @@ def sampler_options(*names):
 @click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=str, default='0-63', show_default=True)
 @click.option('--subdirs', help='Create a subdirectory for every 1000 seeds', is_flag=True)
 @click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1, max=cli.MAX_BATCH), default=64, show_default=True)
 @click.option('--resume/--no-resume', help='Skip seeds whose PNG exists (refused if outdir was made with other options)', default=True, show_default=True)
 @click.option('--grid', help=f'Also write a grid of the images (first {GRID_MAX_IMAGES} seeds)', metavar='PNG', type=str, default=None)
 @click.option('--allow-pickle-code', help='Run the code stored in the network pickle (EDM behaviour; trusted files only)', is_flag=True, default=None)
-@click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=cli.DEVICE, default=None)
 @click.option('--channels-last', 'channels_last', help='Fast path: run the network in channels_last memory format', is_flag=True)
 @click.option('--autocast', help='Fast path: run the network under autocast (fp16: CUDA only)', metavar='none|fp16|bf16', type=click.Choice(['none', 'fp16', 'bf16']), default='none', show_default=True)
 @click.option('--compile', 'compile_backend', help='Fast path: torch.compile the network (default backend: inductor)', metavar='[BACKEND]', is_flag=False, flag_value='inductor', default=None)

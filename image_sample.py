@@ -19,6 +19,7 @@ from samplers.fast import FastPathError, FastPaths
 from samplers.jobs import JobError, sample_to_npz
 from samplers.sampler import check_network
 from samplers.time_shift import TimeShiftError
+from torch_utils import cli
 from torch_utils import distributed as dist
 from training import adm
 
@@ -60,12 +61,16 @@ HIDDEN_FLAGS = ('gpu_id', 'data_type', 'model_type', 'data_dir', 'classifier_pat
                 'perturb_cutoff')
 
 
+# Types of the flags whose guided-diffusion type (that of the default) is too loose.
+TYPES = dict(model_path=str, num_classes=click.IntRange(min=1), device=cli.DEVICE, seed=click.IntRange(min=0),
+             num_samples=click.IntRange(min=1), batch_size=click.IntRange(min=1, max=cli.MAX_BATCH))
+
+
 def _option(name, default, text, hidden=False):
-    kind = BOOL if isinstance(default, bool) else (str if default is None else type(default))
+    kind = TYPES.get(name) or (BOOL if isinstance(default, bool) else cli.FLOAT if isinstance(default, float)
+                               else str if default is None else type(default))
     if name == 'model_path':
-        return click.option(f'--{name}', type=str, required=True, metavar='PATH|URL', help=text)
-    if name in ('num_classes', 'device'):
-        kind = int if name == 'num_classes' else str
+        return click.option(f'--{name}', type=kind, required=True, metavar='PATH|URL', help=text)
     return click.option(f'--{name}', type=kind, default=default, show_default=default is not None, help=text,
                         hidden=hidden)
 
@@ -95,9 +100,7 @@ def run(values):
     flags = adm.make_flags(**{name: values[name] for name in [*adm.MODEL_FLAGS, *adm.DIFFUSION_FLAGS, 'num_classes']})
     options = sampler_options(values)
     options.check()
-    if values['num_samples'] < 1 or values['batch_size'] < 1:
-        raise JobError('--num_samples and --batch_size must be positive')
-    if not (values['seed'] >= 0 and values['seed'] + values['num_samples'] <= 1 << 32):
+    if values['seed'] + values['num_samples'] > 1 << 32:
         raise JobError(f'seeds {values["seed"]}..{values["seed"] + values["num_samples"] - 1} must lie in [0, 2^32)')
     device = dist.init(values['device'])
     try:
@@ -146,14 +149,14 @@ def main(**values):
     """
     try:
         run(values)
-    except (adm.ADMError, SamplerOptionError, FastPathError, TimeShiftError, JobError) as err:
+    except (adm.ADMError, SamplerOptionError, FastPathError, TimeShiftError, JobError, dist.DeviceError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)
         raise click.ClickException(str(err)) from None
     except OSError as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)
-        raise click.ClickException(f'cannot write to --out_dir {values["out_dir"]}: {err.strerror or err}') from None
+        raise click.ClickException(cli.os_error_message(err)) from None
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ import click
 import torch
 
 import dnnlib
+from torch_utils import cli
 from torch_utils import distributed as dist
 from training import training_loop
 
@@ -202,23 +203,23 @@ def _log_to(path):
 @click.option('--precond',       help='Preconditioning & loss function', metavar='vp|ve|edm',       type=click.Choice(['vp', 've', 'edm']), default='edm', show_default=True)
 
 # Hyperparameters.
-@click.option('--duration',      help='Training duration', metavar='MIMG',                          type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
+@click.option('--duration',      help='Training duration', metavar='MIMG',                          type=cli.FloatRange(min=0, min_open=True), default=200, show_default=True)
 @click.option('--batch',         help='Total batch size', metavar='INT',                            type=click.IntRange(min=1), default=512, show_default=True)
 @click.option('--batch-gpu',     help='Limit batch size per GPU', metavar='INT',                    type=click.IntRange(min=1))
 @click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT',       type=click.IntRange(min=1))
 @click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=str, callback=lambda ctx, param, v: _int_list(v))
 @click.option('--blocks',        help='Residual blocks per resolution  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--attn',          help='Attention resolutions, or none  [default: varies]', metavar='LIST', type=str, callback=lambda ctx, param, v: _res_list(v))
-@click.option('--lr',            help='Learning rate', metavar='FLOAT',                             type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
-@click.option('--lr-rampup',     help='Learning rate ramp-up', metavar='KIMG',          type=click.FloatRange(min=0), default=10000, show_default=True)
-@click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=click.FloatRange(min=0), default=0.5, show_default=True)
-@click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
-@click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--lr',            help='Learning rate', metavar='FLOAT',                             type=cli.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
+@click.option('--lr-rampup',     help='Learning rate ramp-up', metavar='KIMG',          type=cli.FloatRange(min=0), default=10000, show_default=True)
+@click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=cli.FloatRange(min=0), default=0.5, show_default=True)
+@click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=cli.FloatRange(min=0, max=1), default=0.13, show_default=True)
+@click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=cli.FloatRange(min=0, max=1), default=0.12, show_default=True)
 @click.option('--xflip',         help='Enable dataset x-flips', metavar='BOOL',                     type=bool, default=False, show_default=True)
 
 # Performance-related.
 @click.option('--fp16',          help='Enable mixed-precision training', metavar='BOOL',            type=bool, default=False, show_default=True)
-@click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=cli.FloatRange(min=0, min_open=True), default=1, show_default=True)
 @click.option('--bench',         help='Enable cuDNN benchmarking', metavar='BOOL',                  type=bool, default=True, show_default=True)
 @click.option('--cache',         help='Cache dataset in CPU memory', metavar='BOOL',                type=bool, default=True, show_default=True)
 @click.option('--workers',       help='DataLoader worker processes, 0 = none', metavar='INT', type=click.IntRange(min=0), default=1, show_default=True)
@@ -226,7 +227,7 @@ def _log_to(path):
 # I/O-related.
 @click.option('--desc',          help='String to include in result dir name', metavar='STR',        type=str)
 @click.option('--nosubdir',      help='Do not create a subdirectory for results',                   is_flag=True)
-@click.option('--tick',          help='How often to print progress', metavar='KIMG',                type=click.FloatRange(min=0, min_open=True), default=50, show_default=True)
+@click.option('--tick',          help='How often to print progress', metavar='KIMG',                type=cli.FloatRange(min=0, min_open=True), default=50, show_default=True)
 @click.option('--snap',          help='How often to save snapshots', metavar='TICKS',               type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--dump',          help='How often to dump state', metavar='TICKS',                   type=click.IntRange(min=1), default=500, show_default=True)
 @click.option('--seed',          help='Random seed  [default: random]', metavar='INT',              type=click.IntRange(min=0))
@@ -290,17 +291,19 @@ def main(**kwargs):
         return
 
     dist.print0('Creating output directory...')
-    log = contextlib.nullcontext()
-    if dist.get_rank() == 0:
-        os.makedirs(c.run_dir, exist_ok=True)
-        with dnnlib.util.atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'w') as f:
-            json.dump(c, f, indent=2)
-        log = _log_to(os.path.join(c.run_dir, 'log.txt'))
-    with log:
-        try:
+    try:
+        log = contextlib.nullcontext()
+        if dist.get_rank() == 0:
+            os.makedirs(c.run_dir, exist_ok=True)
+            with dnnlib.util.atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'w') as f:
+                json.dump(c, f, indent=2)
+            log = _log_to(os.path.join(c.run_dir, 'log.txt'))
+        with log:
             training_loop.training_loop(**c)
-        except _network_load_error() as err:
-            raise click.ClickException(str(err)) from None
+    except _network_load_error() as err:
+        raise click.ClickException(str(err)) from None
+    except OSError as err:  # disk full, file size limit, permissions: snapshots and dumps are written atomically
+        raise click.ClickException(cli.os_error_message(err, action=None)) from None
 
 
 def _network_load_error():

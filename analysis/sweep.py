@@ -29,6 +29,7 @@ from .common import ExposureError, write_csv
 from .plots import plot_sweep
 
 SWEEP_RECORD = 'sweep-options.json'
+MAX_POINTS = 10_000      # values of one --eps_scaler start:stop:step range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,10 @@ def parse_scalers(text):
             parts = [float(p) for p in item.split(':')]
         except ValueError:
             raise ExposureError(f'invalid --eps_scaler list "{text}": "{item}" is not a number or start:stop:step') from None
+        if not all(math.isfinite(p) for p in parts):
+            raise ExposureError(f'invalid --eps_scaler list "{text}": "{item}" is not finite')
+        if len(parts) == 3 and parts[2] > 0 and (parts[1] - parts[0]) / parts[2] >= MAX_POINTS:
+            raise ExposureError(f'invalid --eps_scaler range "{item}": more than {MAX_POINTS} values')
         if len(parts) == 1:
             values.append(parts[0])
         elif len(parts) == 3 and parts[2] > 0 and parts[1] >= parts[0]:

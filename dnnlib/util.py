@@ -3,10 +3,13 @@
 EDM pickles refer to `dnnlib.util.EasyDict` by that path, so it must stay here.
 """
 
+import bisect
 import contextlib
 import hashlib
 import importlib
 import io
+import itertools
+import math
 import os
 import re
 import sys
@@ -14,6 +17,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from typing import Any, Iterator, List, Optional
 
 #----------------------------------------------------------------------------
@@ -23,6 +27,10 @@ class EasyDict(dict):
     """A dict whose keys can also be read and written as attributes."""
 
     def __getattr__(self, name: str) -> Any:
+        # Dunder names are never keys: pickle and copy look up __setstate__, __reduce_ex__, ...
+        # on instances, and a key of that name must not answer for them.
+        if name.startswith('__') and name.endswith('__'):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
@@ -76,6 +84,113 @@ def construct_class_by_name(*args, class_name: Optional[str] = None, **kwargs) -
 # Seed lists and similar small parsers used by the command-line tools.
 
 
+class IntRanges(Sequence):
+    """A list of distinct integers kept as ranges: '0-999999999' takes a few bytes, not 8 GB.
+
+    Supports len(), indexing, slicing (to a list), iteration and `in`; equal to the list it
+    stands for."""
+
+    def __init__(self, ranges):
+        self.ranges = [(int(lo), int(hi)) for lo, hi in ranges if hi > lo]   # [lo, hi), in order
+        self._offsets = list(itertools.accumulate((hi - lo for lo, hi in self.ranges), initial=0))
+        self._sorted = sorted(self.ranges)
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return list(itertools.islice(self._iter_from(start), max(0, stop - start)))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError('IntRanges index out of range')
+        k = bisect.bisect_right(self._offsets, index) - 1
+        return self.ranges[k][0] + index - self._offsets[k]
+
+    def _iter_from(self, start):
+        k = max(0, bisect.bisect_right(self._offsets, start) - 1)
+        for i in range(k, len(self.ranges)):
+            lo, hi = self.ranges[i]
+            yield from range(lo + max(0, start - self._offsets[i]), hi)
+
+    def __iter__(self):
+        return self._iter_from(0)
+
+    def __contains__(self, value) -> bool:
+        if not isinstance(value, int):
+            return False
+        k = bisect.bisect_right(self._sorted, (value, math.inf)) - 1
+        return k >= 0 and self._sorted[k][0] <= value < self._sorted[k][1]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, IntRanges):
+            return self.ranges == other.ranges
+        if isinstance(other, (list, tuple, range)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return 'IntRanges(' + ','.join(f'{lo}' if hi == lo + 1 else f'{lo}-{hi - 1}' for lo, hi in self.ranges) + ')'
+
+    def min(self) -> int:
+        return self._sorted[0][0]
+
+    def max(self) -> int:
+        return max(hi for _, hi in self.ranges) - 1
+
+
+def parse_int_ranges(s: Any) -> IntRanges:
+    """Parse '1,5,9', '0-9' or '0-9,100-109' into IntRanges, in order, without repeats (the first
+    occurrence of a number counts). Ranges stay ranges, so '0-999999999' is parsed at once."""
+    if isinstance(s, IntRanges):
+        return s
+    if isinstance(s, (list, tuple, range)):
+        pieces = []                 # runs of consecutive numbers, repeats dropped: O(len(s))
+        for v in dict.fromkeys(int(v) for v in s):
+            if pieces and pieces[-1][1] == v:
+                pieces[-1][1] = v + 1
+            else:
+                pieces.append([v, v + 1])
+        return IntRanges(pieces)
+    else:
+        text = str(s).strip()
+        if not text:
+            raise ValueError('empty list')
+        items = []
+        for item in text.split(','):
+            item = item.strip()
+            m = re.fullmatch(r'(-?\d+)(?:\s*-\s*(-?\d+))?', item)
+            if m is None:
+                raise ValueError(f'"{item}" is not an integer or a range like 0-9')
+            lo = int(m.group(1))
+            hi = lo if m.group(2) is None else int(m.group(2))
+            if hi < lo:
+                raise ValueError(f'range "{item}" is empty (end before start)')
+            items.append((lo, hi + 1))
+    pieces, covered = [], []        # covered: sorted disjoint [lo, hi) of the numbers seen so far
+    for lo, hi in items:
+        i = bisect.bisect_left(covered, (lo,))
+        if i > 0 and covered[i - 1][1] > lo:
+            i -= 1
+        j, cur = i, lo
+        while j < len(covered) and covered[j][0] < hi:
+            if covered[j][0] > cur:
+                pieces.append((cur, covered[j][0]))
+            cur = max(cur, covered[j][1])
+            j += 1
+        if cur < hi:
+            pieces.append((cur, hi))
+        merged = (min(lo, covered[i][0]), max(hi, covered[j - 1][1])) if j > i else (lo, hi)
+        covered[i:j] = [merged]
+    return IntRanges(pieces)
+
+
 def parse_int_list(s: Any) -> List[int]:
     """Parse '1,5,9', '0-9' or '0-9,100-109' (or pass a list through) into a list of ints."""
     if isinstance(s, (list, tuple)):
@@ -93,6 +208,8 @@ def parse_int_list(s: Any) -> List[int]:
         hi = lo if m.group(2) is None else int(m.group(2))
         if hi < lo:
             raise ValueError(f'range "{item}" is empty (end before start)')
+        if hi - lo >= 1 << 24:
+            raise ValueError(f'range "{item}" is too long for a list (at most {1 << 24} numbers)')
         values.extend(range(lo, hi + 1))
     return values
 

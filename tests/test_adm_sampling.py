@@ -423,7 +423,7 @@ def test_image_sample_conditional_labels(tmp_path):
     (['--learn_sigma', 'False'], 'has shape [6, 32, 3, 3], the flags give [3, 32, 3, 3]'),
     (['--use_ddim', 'maybe'], 'boolean value expected'),
     (['--num_chanels', '32'], 'No such option'),
-    (['--num_samples', '0'], 'must be positive'),
+    (['--num_samples', '0'], '0 is not in the range x>=1'),
 ])
 def test_image_sample_bad_input_is_one_line_and_writes_nothing(tmp_path, checkpoints, extra, message):
     args = [f'--model_path={checkpoints["pt"]}', *flags_args(checkpoints['flags']), '--num_samples', '2',

@@ -15,17 +15,46 @@ _device = None
 #----------------------------------------------------------------------------
 
 
+class DeviceError(ValueError):
+    """A device that does not exist or is not available here; the message is one line."""
+
+
+def parse_device(name) -> torch.device:
+    """torch.device(name), checked to exist on this machine; DeviceError otherwise."""
+    if isinstance(name, torch.device):
+        device = name
+    else:
+        try:
+            device = torch.device(str(name).strip())
+        except (RuntimeError, ValueError, TypeError):
+            raise DeviceError(f'"{name}" is not a torch device (e.g. cpu, cuda, cuda:1)') from None
+    if device.type == 'cpu':
+        return device
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise DeviceError(f'"{name}": CUDA is not available on this machine')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f'"{name}": this machine has {torch.cuda.device_count()} CUDA device(s)')
+        return device
+    backend = getattr(torch.backends, device.type, None) if device.type == 'mps' else getattr(torch, device.type, None)
+    available = getattr(backend, 'is_available', None)
+    if device.type == 'meta' or not callable(available) or not available():
+        raise DeviceError(f'"{name}": no {device.type} device is available on this machine')
+    return device
+
+
 def default_device(name=None) -> torch.device:
-    """The device to run on: `name` if given, else this rank's GPU if there is one, else CPU."""
+    """The device to run on: `name` if given (checked), else this rank's GPU if there is one, else CPU."""
     if name is not None:
-        return torch.device(name)
+        return parse_device(name)
     if torch.cuda.is_available():
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
     return torch.device('cpu')
 
 
 def init(device=None) -> torch.device:
-    """Join the torchrun process group if launched by torchrun; return this process's device."""
+    """Join the torchrun process group if launched by torchrun; return this process's device.
+    Raises DeviceError (one line) for a device that is not available."""
     global _device
     _device = default_device(device)
     if _device.type == 'cuda':

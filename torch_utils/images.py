@@ -40,12 +40,32 @@ def encode_png(image, compress_level=None):
     return buf.getvalue()
 
 
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+PNG_TRAILER = b'\x00\x00\x00\x00IEND\xaeB`\x82'   # the IEND chunk every complete PNG ends with
+
+
 def save_png(path, image, compress_level=None):
-    """Write `image` to `path` as PNG via a temporary file renamed into place."""
+    """Write `image` to `path` as PNG via a temporary file, synced to disk, renamed into place:
+    after a crash the file is either absent or complete."""
     data = encode_png(image, compress_level)
-    with dnnlib.util.atomic_path(path) as tmp:
-        with open(tmp, 'wb') as f:
-            f.write(data)
+    with dnnlib.util.atomic_write(path) as f:
+        f.write(data)
+
+
+def is_complete_png(path) -> bool:
+    """True if `path` is a file that starts like a PNG and ends with its IEND chunk: a cheap
+    test (two small reads) that rejects empty and truncated files."""
+    try:
+        with open(path, 'rb') as f:
+            if f.read(8) != PNG_SIGNATURE:
+                return False
+            f.seek(0, os.SEEK_END)
+            if f.tell() < len(PNG_SIGNATURE) + 25 + len(PNG_TRAILER):  # signature, IHDR, IEND
+                return False
+            f.seek(-len(PNG_TRAILER), os.SEEK_END)
+            return f.read() == PNG_TRAILER
+    except OSError:
+        return False
 
 
 def read_png(path):

@@ -153,12 +153,21 @@ class ImageSource:
         raise NotImplementedError
 
 
+LABEL_LIMIT = 1 << 31  # labels index a one-hot vector: at most 2^31 classes
+
+
 def _parse_labels_json(data, where: str) -> dict:
+    """{image name: label} from a dataset.json; labels must be integers in [0, 2^31) (or null)."""
     try:
         labels = json.loads(data)['labels']
-        return {} if labels is None else {str(name): label for name, label in labels}
+        labels = {} if labels is None else {str(name): label for name, label in labels}
     except (ValueError, KeyError, TypeError) as err:
         raise DatasetToolError(f'cannot parse {where}: {err}') from None
+    for name, label in labels.items():
+        if label is not None and not (type(label) is int and 0 <= label < LABEL_LIMIT):
+            raise DatasetToolError(f'{where}: the label of {name} is {json.dumps(label)}; labels must be integers '
+                                   f'from 0 to {LABEL_LIMIT - 1}')
+    return labels
 
 
 def _sort_key_by_parts(rel: str):

@@ -44,22 +44,38 @@ def load_network_pickle(path_or_url, verbose=False, allow_pickle_code=None):
         raise NetworkLoadError(f'cannot read network {path_or_url}: {err.strerror or err}') from None
     if data[:4] == weights.ZIP_MAGIC:
         try:
-            return weights.load_weights(data)
+            return _checked(weights.load_weights(data), path_or_url)
         except weights.WeightsFormatError as err:
             raise NetworkLoadError(f'cannot load network {path_or_url}: {err}') from None
-    try:
-        if pickle_code_allowed(allow_pickle_code):
-            print(f'warning: running the code stored in {path_or_url} (pickle code execution is allowed)', file=sys.stderr)
+    if pickle_code_allowed(allow_pickle_code):
+        print(f'warning: running the code stored in {path_or_url} (pickle code execution is allowed)', file=sys.stderr)
+        try:
+            safe_unpickle.scan(data)  # the opcode limits hold even when the file's code may run
             return pickle.load(io.BytesIO(data))
-        return safe_unpickle.safe_loads(data)
+        except safe_unpickle.BadPickleError as err:
+            raise NetworkLoadError(f'cannot load network {path_or_url}: {err}') from None
+        except Exception as err:  # the user let the file run its code: report whatever it raised in one line
+            raise NetworkLoadError(f'cannot load network {path_or_url}: {type(err).__name__}: '
+                                   f'{safe_unpickle.one_line(err)}') from None
+    try:
+        return _checked(safe_unpickle.safe_loads(data), path_or_url)
     except safe_unpickle.UnsafePickleError as err:
         raise NetworkLoadError(f'refusing to load {path_or_url}: {err}; if you trust this file, '
                                f'pass --allow-pickle-code or set {ALLOW_CODE_ENV}=1') from None
-    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, TypeError) as err:
-        reason = 'file is truncated' if isinstance(err, EOFError) else f'not a network pickle ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""})'
-        raise NetworkLoadError(f'cannot load network {path_or_url}: {reason}') from None
-    except (ImportError, AttributeError) as err:
-        raise NetworkLoadError(f'cannot load network {path_or_url}: the pickle refers to code that is not available ({err})') from None
+    except safe_unpickle.BadPickleError as err:
+        raise NetworkLoadError(f'cannot load network {path_or_url}: {err}') from None
+
+
+def _checked(data, path_or_url):
+    """Refuse a loaded snapshot whose network is not one of the toolkit's denoisers."""
+    net = data.get('ema') if isinstance(data, dict) else data
+    if isinstance(net, torch.nn.Module) and not safe_unpickle.is_network(net):
+        names = ', '.join(cls.__name__ for cls in safe_unpickle.network_classes())
+        raise NetworkLoadError(f'refusing to load {path_or_url}: its network is a {type(net).__name__}, not one of '
+                               f'this toolkit\'s networks ({names})')
+    if isinstance(data, dict) and data.get('ema') is not None and not isinstance(net, torch.nn.Module):
+        raise NetworkLoadError(f'refusing to load {path_or_url}: its "ema" is a {type(net).__name__}, not a network')
+    return data
 
 
 def network_from_pickle_data(data, path_or_url='network'):

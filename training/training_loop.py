@@ -72,8 +72,15 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 
 def load_state_dump(path):
-    """Return the dict written by a state dump (tensors on the CPU)."""
-    data = torch.load(path, map_location=torch.device('cpu'), weights_only=True)
+    """Return the dict written by a state dump (tensors on the CPU). Read without torch.load,
+    bounded by the file's size (training/safe_unpickle.py); ValueError (one line) if invalid."""
+    from training import safe_unpickle
+    with open(path, 'rb') as f:
+        raw = f.read()
+    try:
+        data = safe_unpickle.load_torch_archive(raw)
+    except (safe_unpickle.BadPickleError, safe_unpickle.UnsafePickleError) as err:
+        raise ValueError(f'{path} is not a readable training state ({err})') from None
     if not isinstance(data, dict) or data.get('format') != STATE_FORMAT:
         raise ValueError(f'{path} is not a training state dump of this toolkit')
     return data
@@ -175,18 +182,24 @@ def training_loop(
     ema = copy.deepcopy(net).eval().requires_grad_(False)
 
     # Initial weights from a network pickle (--transfer), then the state dump (--resume).
-    if resume_pkl is not None and state is None:
-        from training.loader import load_network
-        dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        source = load_network(resume_pkl, verbose=(rank == 0), allow_pickle_code=allow_pickle_code)
-        misc.copy_params_and_buffers(src_module=source, dst_module=net, require_all=False)
-        misc.copy_params_and_buffers(src_module=source, dst_module=ema, require_all=False)
-        del source
-    if state is not None:
-        net.load_state_dict(state['net'])
-        ema.load_state_dict(state['ema'])
-        optimizer.load_state_dict(state['optimizer_state'])
-        del state
+    from training.loader import NetworkLoadError, load_network
+    try:
+        if resume_pkl is not None and state is None:
+            dist.print0(f'Loading network weights from "{resume_pkl}"...')
+            source = load_network(resume_pkl, verbose=(rank == 0), allow_pickle_code=allow_pickle_code)
+            misc.copy_params_and_buffers(src_module=source, dst_module=net, require_all=False)
+            misc.copy_params_and_buffers(src_module=source, dst_module=ema, require_all=False)
+            del source
+        if state is not None:
+            net.load_state_dict(state['net'])
+            ema.load_state_dict(state['ema'])
+            optimizer.load_state_dict(state['optimizer_state'])
+            del state
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:  # weights of another architecture
+        what = resume_state_dump if resume_state_dump else resume_pkl
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NetworkLoadError(f'cannot start from {what}: its weights do not fit the network of these options '
+                               f'({message[:200]})') from None
 
     # Train.
     total_nimg = int(round(total_kimg * 1000))

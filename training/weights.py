@@ -61,29 +61,54 @@ def save_weights(data, f):
 
 
 def load_weights(data: bytes):
-    """Rebuild the dict stored by save_weights() from the file's bytes."""
-    from training.safe_unpickle import known_classes
+    """Rebuild the dict stored by save_weights() from the file's bytes; WeightsFormatError (one
+    line) for any file that is not a valid weights-only file. Nothing in the file runs, and
+    loading is bounded by the file's size as for pickles (training/safe_unpickle.py)."""
+    from training import safe_unpickle
     try:
-        payload = torch.load(io.BytesIO(data), weights_only=True, map_location='cpu')
-    except Exception as err:
-        raise WeightsFormatError(f'not a readable weights file ({str(err).splitlines()[0][:200]})') from None
+        payload = safe_unpickle.load_torch_archive(data)
+    except (safe_unpickle.BadPickleError, safe_unpickle.UnsafePickleError) as err:
+        raise WeightsFormatError(f'not a readable weights file ({err})') from None
     if not isinstance(payload, dict) or payload.get('format') != FORMAT:
         raise WeightsFormatError(f'not an {FORMAT} file')
-    config = json.loads(payload['config'])
+    if not isinstance(payload.get('config'), str):
+        raise WeightsFormatError('"config" is missing or not a string')
+    try:
+        config = json.loads(payload['config'])
+    except ValueError as err:
+        raise WeightsFormatError(f'"config" is not JSON ({err})') from None
     tensors = payload.get('tensors', dict())
-    classes = known_classes()
+    if not isinstance(config, dict) or not all(isinstance(entry, dict) for entry in config.values()):
+        raise WeightsFormatError('"config" must map each key to an object')
+    if not isinstance(tensors, dict) or not all(isinstance(state, dict) for state in tensors.values()):
+        raise WeightsFormatError('"tensors" must map each key to a dict of tensors')
+    for key, state in tensors.items():
+        if key not in config or 'class_name' not in config[key]:
+            raise WeightsFormatError(f'"tensors" has an entry "{key}" that no configured class takes')
+        for name, value in state.items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                raise WeightsFormatError(f'tensor "{key}.{name}" is not a tensor')
+    classes = safe_unpickle.known_classes()
     out = dict()
     for key, entry in config.items():
         if 'class_name' not in entry:
-            value = entry.get('data')
+            if set(entry) != {'data'}:
+                raise WeightsFormatError(f'config entry "{key}" has neither "class_name" nor "data"')
+            value = entry['data']
             out[key] = dnnlib.EasyDict(value) if isinstance(value, dict) else value
             continue
-        cls = classes.get(entry['class_name'])
+        name, args, kwargs = entry['class_name'], entry.get('init_args', []), entry.get('init_kwargs', dict())
+        if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise WeightsFormatError(f'config entry "{key}": class_name must be a string, init_args a list and '
+                                     'init_kwargs an object')
+        cls = classes.get(name)
         if cls is None:
-            raise WeightsFormatError(f'unknown class "{entry["class_name"]}" for "{key}"')
-        obj = cls(*entry['init_args'], **entry['init_kwargs'])
+            raise WeightsFormatError(f'unknown class "{name}" for "{key}"')
+        try:
+            obj = safe_unpickle.build_object(cls, args, kwargs, tensors.get(key, dict()), max_bytes=len(data))
+        except safe_unpickle.BadPickleError as err:
+            raise WeightsFormatError(f'"{key}": {err}') from None
         if isinstance(obj, torch.nn.Module):
-            obj.load_state_dict(tensors.get(key, dict()), strict=True)
             obj.eval()
         out[key] = obj
     return out

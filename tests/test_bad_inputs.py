@@ -1,0 +1,463 @@
+"""A catalogue of bad inputs per command-line tool. Each one must give a non-zero exit, exactly
+one error line and no traceback, and leave no output file behind.
+
+The inputs are built here: tiny networks and datasets, hostile and malformed network files,
+NaN/inf options, unavailable devices, seeds past 2^32, labels that are not class indices, and
+write errors (a failing fsync in-process, RLIMIT_FSIZE in a subprocess)."""
+
+import errno
+import io
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import click
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import convert
+import dataset_tool
+import exposure
+import fid
+import generate
+import train
+from torch_utils import cli
+from torch_utils import images as image_io
+from torch_utils import training_stats
+from training import networks, weights
+
+COMMANDS = dict(generate=generate.main, convert=convert.main, dataset_tool=dataset_tool.main, train=train.main,
+                exposure=exposure.main, fid=fid.main)
+
+
+def run(command, *args):
+    return CliRunner().invoke(COMMANDS[command], [str(a) for a in args], prog_name=f'{command}.py')
+
+
+def assert_one_error_line(result, *leftovers):
+    """Non-zero exit, one 'Error: ' line, no traceback, no uncaught exception, nothing left."""
+    output = result.output
+    assert result.exit_code != 0, output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert 'Traceback' not in output, output
+    errors = [line for line in output.splitlines() if line.startswith('Error')]
+    assert len(errors) == 1, output
+    if result.exit_code == 1:  # application errors: stderr holds that line only (and cleared progress bars)
+        lines = [line for line in result.stderr.splitlines() if line.strip() and '%|' not in line]
+        assert lines == errors, result.stderr
+    for path in leftovers:
+        assert not os.path.exists(path), f'{path} was left behind'
+    return errors[0]
+
+
+def no_files_under(folder):
+    return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+
+#----------------------------------------------------------------------------
+# Inputs built once.
+
+
+def tiny_net(resolution=8, channels=1, label_dim=3):
+    torch.manual_seed(0)
+    return networks.EDMPrecond(img_resolution=resolution, img_channels=channels, label_dim=label_dim,
+                               model_type='SongUNet', model_channels=8, channel_mult=[1], num_blocks=1,
+                               attn_resolutions=[])
+
+
+def write_images(folder, count=4, labels=None):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        PIL.Image.fromarray(rng.integers(0, 255, [8, 8], dtype=np.uint8)).save(os.path.join(folder, f'{i}.png'))
+    if labels is not None:
+        with open(os.path.join(folder, 'dataset.json'), 'w') as f:
+            f.write(json.dumps(dict(labels=[[f'{i}.png', label] for i, label in enumerate(labels)])))
+    return str(folder)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp('inputs')
+    net = tiny_net()
+    paths = dict(root=root, net=root / 'net.pkl', weights=root / 'net.pt', data=root / 'data')
+    paths['net'].write_bytes(pickle.dumps(dict(ema=net)))
+    with open(paths['weights'], 'wb') as f:
+        weights.save_weights(dict(ema=net), f)
+    write_images(paths['data'], count=8, labels=[0, 1, 2, 0, 1, 2, 0, 1])
+    (root / 'garbage.pkl').write_bytes(b'this is not a pickle at all')
+    (root / 'truncated.pkl').write_bytes(paths['net'].read_bytes()[:-100])
+    (root / 'empty.pkl').write_bytes(b'')
+    (root / 'a-file').write_text('x')
+    # ema is a bare torch.nn.Identity with network-like attributes.
+    identity = torch.nn.Identity()
+    identity.img_resolution, identity.img_channels, identity.label_dim = 8, 1, 3
+    (root / 'identity.pkl').write_bytes(pickle.dumps(dict(ema=identity)))
+    (root / 'laughs.pkl').write_bytes(pickle.PROTO + b'\x04' + pickle.EMPTY_DICT + b'\x8c\x03ema' + b']\x940'
+                                      + b''.join(pickle.EMPTY_LIST + pickle.MARK + (b'h' + bytes([i])) * 10
+                                                 + pickle.APPENDS + pickle.MEMOIZE + pickle.POP for i in range(30))
+                                      + b'h\x1e' + pickle.SETITEM + pickle.STOP)
+    payload = torch.load(str(paths['weights']), weights_only=True)
+    payload['config'] = '{"ema": not json'
+    torch.save(payload, str(root / 'badconfig.pt'))
+    return paths
+
+
+BAD_NETWORKS = [
+    ('garbage.pkl', 'not a network pickle'),
+    ('truncated.pkl', 'truncated'),
+    ('empty.pkl', 'empty'),
+    ('missing.pkl', 'no such file'),
+    ('identity.pkl', r'refus.*torch\.nn\.Identity'),
+    ('laughs.pkl', 'expands to more than'),
+    ('badconfig.pt', 'not JSON'),
+]
+
+#----------------------------------------------------------------------------
+# Every numeric option of every CLI goes through torch_utils/cli.py.
+
+
+def _all_commands():
+    for name, command in COMMANDS.items():
+        if isinstance(command, click.Group):
+            for sub_name, sub in command.commands.items():
+                yield f'{name} {sub_name}', sub
+        else:
+            yield name, command
+
+
+def test_every_float_and_device_option_uses_the_shared_types():
+    found = 0
+    for name, command in _all_commands():
+        for param in command.params:
+            if isinstance(param.type, (click.types.FloatParamType, click.FloatRange)):
+                assert isinstance(param.type, cli.FloatRange), f'{name} {param.opts}: not a torch_utils.cli.FloatRange'
+                found += 1
+            if param.name == 'device':
+                assert param.type is cli.DEVICE, f'{name} --device is not torch_utils.cli.DEVICE'
+            if param.name == 'seed' and isinstance(param.type, click.types._NumberRangeBase):
+                assert param.type.min == 0, f'{name} --seed accepts negative seeds'
+    assert found >= 20
+
+
+@pytest.mark.parametrize('text', ['nan', 'NaN', 'inf', '-inf', '1e999'])
+def test_float_type_refuses_nan_and_inf(text):
+    with pytest.raises(click.BadParameter):
+        cli.FLOAT.convert(text, None, None)
+    assert cli.FloatRange(min=0, allow_inf=True).convert('inf', None, None) == float('inf')
+    with pytest.raises(click.BadParameter, match='not a number'):
+        cli.FloatRange(min=0, allow_inf=True).convert('nan', None, None)
+
+#----------------------------------------------------------------------------
+# generate.py
+
+
+@pytest.mark.parametrize('args', [
+    ['--S_noise=nan', '--S_churn=10'], ['--S_churn=inf'], ['--S_min=nan'], ['--S_max=nan'], ['--rho=nan'],
+    ['--sigma_min=nan'], ['--sigma_max=inf'], ['--eps_scaler=nan'], ['--eps_scaler_k=inf'], ['--ts_cutoff=nan'],
+    ['--ts_signal_var=inf'], ['--S_noise=-inf'],
+    ['--device=bogus'], ['--device=meta'], ['--device=cuda:99'],
+    ['--seeds=4294967296'], ['--seeds=0-4294967296'], ['--seeds=-1'], ['--seeds=1-x'], ['--seeds=,'],
+    ['--class=3'], ['--class=-1'], ['--batch=0'], ['--batch=65537'], ['--steps=1'],
+])
+def test_generate_bad_options(files, tmp_path, args):
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', *args), out)
+    if 'seeds=4294967296' in ''.join(args):
+        assert '2^32' in line
+
+
+def test_generate_device_cuda_without_cuda(files, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={tmp_path / "o"}', '--device=cuda'),
+                                 tmp_path / 'o')
+    assert 'CUDA is not available' in line
+
+
+@pytest.mark.parametrize('name, message', BAD_NETWORKS)
+def test_generate_bad_networks_leave_no_outdir(files, tmp_path, name, message):
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["root"] / name}', f'--outdir={out}', '--seeds=0'), out)
+    assert __import__('re').search(message, line), line
+
+
+def test_generate_outdir_under_a_file(files):
+    assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={files["root"] / "a-file" / "out"}'))
+
+
+def _fail_fsync_of(suffix, monkeypatch):
+    """os.fsync raises ENOSPC for the temporary files of atomic writes to names ending in `suffix`."""
+    if not sys.platform.startswith('linux'):
+        pytest.skip('needs /proc/self/fd')
+    real = os.fsync
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f'/proc/self/fd/{fd}'))
+        if name.startswith('.') and name.endswith('.tmp') and f'{suffix}.' in name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    monkeypatch.setattr(os, 'fsync', fsync)
+
+
+def test_generate_disk_full_while_writing_pngs(files, tmp_path, monkeypatch):
+    _fail_fsync_of('.png', monkeypatch)
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-3', '--steps=2'))
+    assert 'No space left on device' in line and '.png' in line
+    assert sorted(os.listdir(out)) == [generate.OPTIONS_RECORD]  # no PNG, no temporary file
+
+
+def test_generate_disk_full_while_writing_the_record(files, tmp_path, monkeypatch):
+    _fail_fsync_of('.json', monkeypatch)
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0'), out)
+    assert 'No space left on device' in line
+
+
+def test_generate_file_size_limit_in_a_subprocess(files, tmp_path, repo_root):
+    """RLIMIT_FSIZE below one PNG: the write fails with EFBIG; one line, no PNG, no temporary file."""
+    out = tmp_path / 'out'
+    net = tiny_net(resolution=32, channels=3, label_dim=0)
+    (tmp_path / 'rgb.pkl').write_bytes(pickle.dumps(dict(ema=net)))
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))  # the options record fits, a PNG does not
+    res = subprocess.run([sys.executable, '-B', 'generate.py', f'--network={tmp_path / "rgb.pkl"}', f'--outdir={out}',
+                          '--seeds=0', '--steps=2'], cwd=repo_root, capture_output=True, text=True, timeout=300,
+                         preexec_fn=limit)
+    lines = [line for line in res.stderr.splitlines() if line.strip() and '%|' not in line]  # not progress bars
+    assert res.returncode == 1 and len(lines) == 1 and 'File too large' in lines[0], res.stderr
+    assert sorted(os.listdir(out)) == [generate.OPTIONS_RECORD]
+
+
+def test_generate_out_of_memory(files, tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(generate.Sampler, '__call__', no_memory)
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-3', '--batch=4'))
+    assert 'use a smaller --batch' in line and not [f for f in os.listdir(out) if f.endswith('.png')]
+
+
+def test_generate_a_billion_seeds_start_at_once_in_flat_memory(files, tmp_path, monkeypatch):
+    """--seeds=0-999999999 is kept as a range: the first batch is written at once, and the
+    memory used before it does not grow with the number of seeds."""
+    class FirstBatchWritten(Exception):
+        pass
+
+    real_write = generate._write_batch
+
+    def write_then_stop(paths, images):
+        real_write(paths, images)
+        raise FirstBatchWritten()
+    monkeypatch.setattr(generate, '_write_batch', write_then_stop)
+    tracemalloc.start()
+    start = time.monotonic()
+    result = run('generate', f'--network={files["net"]}', f'--outdir={tmp_path / "out"}', '--seeds=0-999999999',
+                 '--batch=2', '--steps=2')
+    seconds = time.monotonic() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert isinstance(result.exception, FirstBatchWritten), result.output
+    assert 'Generating 1000000000 images' in result.output
+    assert sorted(os.listdir(tmp_path / 'out')) == ['000000.png', '000001.png', generate.OPTIONS_RECORD]
+    assert seconds < 60 and peak < 64 * 2 ** 20
+
+
+def test_batches_are_the_same_as_a_list_of_seeds():
+    seeds = generate.parse_seeds('5-9,0-12,100')
+    assert list(seeds) == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 10, 11, 12, 100]
+    batches = generate.split_batches(list(seeds), 4)
+    assert [seeds[i * 4:(i + 1) * 4] for i in range(len(batches))] == batches
+
+
+def test_resume_regenerates_truncated_and_empty_pngs(files, tmp_path):
+    out = tmp_path / 'out'
+    args = [f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-3', '--steps=2', '--batch=2']
+    assert run('generate', *args).exit_code == 0
+    good = {name: (out / name).read_bytes() for name in os.listdir(out) if name.endswith('.png')}
+    assert all(image_io.is_complete_png(out / name) for name in good)
+    (out / '000001.png').write_bytes(good['000001.png'][:-20])   # truncated
+    (out / '000002.png').write_bytes(b'')                         # empty
+    for name in ('000001.png', '000002.png'):
+        assert not image_io.is_complete_png(out / name)
+    result = run('generate', *args)
+    assert result.exit_code == 0 and 'Done: 2 images' in result.output, result.output  # both batches sampled again
+    assert {name: (out / name).read_bytes() for name in good} == good
+
+#----------------------------------------------------------------------------
+# convert.py
+
+
+@pytest.mark.parametrize('name, message', BAD_NETWORKS)
+def test_convert_bad_sources(files, tmp_path, name, message):
+    dest = tmp_path / 'out.pt'
+    line = assert_one_error_line(run('convert', f'--src={files["root"] / name}', f'--dest={dest}'), dest)
+    assert __import__('re').search(message, line), line
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('dest', ['missing-dir/out.pt', 'a-dir'])
+def test_convert_bad_destinations(files, tmp_path, dest):
+    (tmp_path / 'a-dir').mkdir()
+    assert_one_error_line(run('convert', f'--src={files["net"]}', f'--dest={tmp_path / dest}'))
+    assert sorted(os.listdir(tmp_path)) == ['a-dir'] and os.listdir(tmp_path / 'a-dir') == []
+
+
+def test_convert_disk_full(files, tmp_path, monkeypatch):
+    _fail_fsync_of('.pt', monkeypatch)
+    line = assert_one_error_line(run('convert', f'--src={files["net"]}', f'--dest={tmp_path / "out.pt"}'))
+    assert 'No space left' in line and os.listdir(tmp_path) == []
+
+
+def test_convert_file_size_limit_in_a_subprocess(files, tmp_path, repo_root):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    res = subprocess.run([sys.executable, '-B', 'convert.py', f'--src={files["net"]}', f'--dest={tmp_path / "out.pt"}'],
+                         cwd=repo_root, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 1 and len(lines) == 1 and 'File too large' in lines[0], res.stderr
+    assert os.listdir(tmp_path) == []
+
+#----------------------------------------------------------------------------
+# dataset_tool.py
+
+
+@pytest.mark.parametrize('label', [-1, 1.5, 2.0, True, '3', [1], 2 ** 31])
+def test_dataset_tool_labels_must_be_class_indices(tmp_path, label):
+    source = write_images(tmp_path / 'src', count=3, labels=[0, label, 1])
+    dest = tmp_path / 'out.zip'
+    line = assert_one_error_line(run('dataset_tool', f'--source={source}', f'--dest={dest}', '--workers=1'), dest)
+    assert 'dataset.json' in line and 'labels must be integers' in line
+
+
+@pytest.mark.parametrize('args', [['--resolution=131072x131072'], ['--resolution=0x0'], ['--resolution=64'],
+                                  ['--max-images=0'], ['--workers=0'], ['--transform=center-crop']])
+def test_dataset_tool_bad_options(tmp_path, args):
+    source = write_images(tmp_path / 'src', count=2, labels=[0, 1])
+    dest = tmp_path / 'out.zip'
+    assert_one_error_line(run('dataset_tool', f'--source={source}', f'--dest={dest}', *args), dest)
+
+
+def test_dataset_tool_labels_in_a_zip_source(tmp_path):
+    source = write_images(tmp_path / 'src', count=2, labels=[0, -3])
+    import zipfile
+    with zipfile.ZipFile(tmp_path / 'src.zip', 'w') as z:
+        for name in os.listdir(source):
+            z.write(os.path.join(source, name), name)
+    dest = tmp_path / 'out'
+    line = assert_one_error_line(run('dataset_tool', f'--source={tmp_path / "src.zip"}', f'--dest={dest}', '--workers=1'), dest)
+    assert 'src.zip:dataset.json' in line
+
+
+def test_dataset_tool_disk_full(tmp_path, monkeypatch):
+    source = write_images(tmp_path / 'src', count=3, labels=[0, 1, 2])
+    import zipfile
+    real = zipfile.ZipFile.writestr
+
+    def writestr(self, info, data, *args, **kwargs):
+        if str(getattr(info, 'filename', info)).endswith('dataset.json'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, info, data, *args, **kwargs)
+    monkeypatch.setattr(zipfile.ZipFile, 'writestr', writestr)
+    line = assert_one_error_line(run('dataset_tool', f'--source={source}', f'--dest={tmp_path / "out.zip"}', '--workers=1'))
+    assert 'No space left on device' in line
+    assert sorted(os.listdir(tmp_path)) == ['src']
+
+#----------------------------------------------------------------------------
+# train.py
+
+
+@pytest.fixture
+def fresh_stats(monkeypatch):
+    for name, value in dict(_rank=0, _sync_device=None, _counters=dict(), _totals=dict()).items():
+        monkeypatch.setattr(training_stats, name, value)
+
+
+TRAIN_TINY = ['--cbase=8', '--cres=1', '--blocks=1', '--attn=none', '--batch=4', '--duration=0.000004', '--workers=0',
+              '--augment=0', '--seed=0', '--tick=0.004', '--snap=1', '--dump=1']
+
+
+@pytest.mark.parametrize('args', [
+    ['--lr=nan'], ['--duration=inf'], ['--dropout=nan'], ['--ema=inf'], ['--lr-rampup=nan'], ['--ls=inf'],
+    ['--tick=nan'], ['--augment=nan'], ['--seed=-1'],
+])
+def test_train_bad_options(files, tmp_path, args):
+    out = tmp_path / 'runs'
+    assert_one_error_line(run('train', f'--outdir={out}', f'--data={files["data"]}', '--cond=1', *TRAIN_TINY, *args), out)
+
+
+@pytest.mark.parametrize('name', ['garbage.pkl', 'identity.pkl', 'badconfig.pt'])
+def test_train_transfer_from_bad_networks(files, tmp_path, fresh_stats, name):
+    result = run('train', f'--outdir={tmp_path / "runs"}', f'--data={files["data"]}', '--cond=1', *TRAIN_TINY,
+                 f'--transfer={files["root"] / name}')
+    assert_one_error_line(result)
+    assert not [f for f in no_files_under(tmp_path) if f.endswith(('.pkl', '.pt'))]
+
+
+def test_train_transfer_from_another_architecture(files, tmp_path, fresh_stats):
+    other = tmp_path / 'other.pkl'
+    net = networks.EDMPrecond(img_resolution=8, img_channels=1, label_dim=3, model_type='SongUNet', model_channels=16,
+                              channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    other.write_bytes(pickle.dumps(dict(ema=net)))
+    line = assert_one_error_line(run('train', f'--outdir={tmp_path / "runs"}', f'--data={files["data"]}', '--cond=1',
+                                     *TRAIN_TINY, f'--transfer={other}'))
+    assert 'do not fit' in line
+
+
+def test_train_resume_from_garbage(files, tmp_path):
+    state = tmp_path / 'training-state-000000.pt'
+    state.write_bytes(b'PK\x03\x04 not a zip')
+    assert_one_error_line(run('train', f'--outdir={tmp_path / "runs"}', f'--data={files["data"]}', '--cond=1',
+                              *TRAIN_TINY, f'--resume={state}'), tmp_path / 'runs')
+
+
+def test_train_outdir_under_a_file(files, fresh_stats):
+    line = assert_one_error_line(run('train', f'--outdir={files["root"] / "a-file" / "runs"}', f'--data={files["data"]}',
+                                     '--cond=1', *TRAIN_TINY))
+    assert 'Not a directory' in line or 'File exists' in line
+
+#----------------------------------------------------------------------------
+# exposure.py and fid.py (options and networks; detectors and statistics are tested elsewhere)
+
+
+@pytest.mark.parametrize('args', [
+    ['norms', '--eps_scaler=nan'], ['norms', '--ts_cutoff=inf'], ['norms', '--device=bogus'], ['norms', '--rho=nan'],
+    ['norms', '--seeds=0-4294967296'], ['norms', '--seeds=0-99999999'], ['norms', '--sigma_max=inf'],
+])
+def test_exposure_norms_bad_options(files, tmp_path, args):
+    out = tmp_path / 'out'
+    assert_one_error_line(run('exposure', *args, f'--network={files["net"]}', f'--data={files["data"]}', f'--outdir={out}',
+                              '--steps=2'), out)
+
+
+@pytest.mark.parametrize('scalers', ['nan', '1:inf:0.1', '1:2:1e-9', 'inf'])
+def test_exposure_sweep_bad_scalers(files, tmp_path, scalers):
+    out = tmp_path / 'out'
+    assert_one_error_line(run('exposure', 'sweep', f'--network={files["net"]}', f'--outdir={out}', f'--ref={tmp_path / "r.npz"}',
+                              f'--eps_scaler={scalers}', '--steps=2'), out)
+
+
+@pytest.mark.parametrize('name, message', BAD_NETWORKS[:5])
+def test_exposure_bad_networks(files, tmp_path, name, message):
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('exposure', 'norms', f'--network={files["root"] / name}', f'--data={files["data"]}',
+                                     f'--outdir={out}', '--steps=2', '--seeds=0'), out)
+    assert __import__('re').search(message, line), line
+
+
+def test_exposure_calibrate_nan_min_sigma(tmp_path):
+    assert_one_error_line(run('exposure', 'calibrate', f'--norms={tmp_path / "n.json"}', '--min-sigma=nan'))
+
+
+@pytest.mark.parametrize('args', [['calc', '--seed=-1'], ['calc', '--seed=4294967296'], ['calc', '--num=1']])
+def test_fid_bad_numeric_options(tmp_path, args):
+    assert_one_error_line(run('fid', *args, f'--images={tmp_path}', f'--ref={tmp_path / "r.npz"}'))

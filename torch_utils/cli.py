@@ -1,0 +1,63 @@
+"""Option types shared by every command-line tool, so that each kind of value is checked once.
+
+Every float option of every CLI uses `FloatRange` (never click's `float` or `FloatRange`):
+NaN is refused everywhere and infinities unless an option allows them, so no NaN or inf
+reaches a sampler, a loss or a file. `--device` uses `DEVICE`, checked against this machine.
+tests/test_bad_inputs.py walks every command and fails if an option escapes these types.
+"""
+
+import math
+
+import click
+
+from . import distributed as dist
+
+
+class FloatRange(click.FloatRange):
+    """click.FloatRange that also refuses NaN, and +-inf unless `allow_inf`."""
+
+    def __init__(self, min=None, max=None, min_open=False, max_open=False, allow_inf=False):  # pylint: disable=redefined-builtin
+        super().__init__(min=min, max=max, min_open=min_open, max_open=max_open)
+        self.allow_inf = allow_inf
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f'{value!r} is not a number', param, ctx)
+        if math.isinf(number) and not self.allow_inf:
+            self.fail(f'{value!r} is not a finite number', param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self):
+        return '' if self.min is None and self.max is None else super()._describe_range()
+
+
+FLOAT = FloatRange()                    # any finite float
+MAX_BATCH = 1 << 16                     # images per batch (one generator each); EDM-ES used 512
+
+
+class DeviceType(click.ParamType):
+    """A torch device name that exists on this machine (cpu, cuda, cuda:1, ...)."""
+    name = 'device'
+
+    def convert(self, value, param, ctx):
+        if value is None:
+            return None
+        try:
+            dist.parse_device(value)
+        except dist.DeviceError as err:
+            self.fail(str(err), param, ctx)
+        return str(value).strip()
+
+
+DEVICE = DeviceType()
+
+
+def os_error_message(err: OSError, action='write') -> str:
+    """One line for an OSError: 'cannot write PATH: No space left on device' (or 'PATH: ...'
+    when `action` is None)."""
+    where = str(err.filename) if getattr(err, 'filename', None) else ''
+    reason = err.strerror or str(err) or type(err).__name__
+    if action is None:
+        return f'{where}: {reason}' if where else reason
+    return f'cannot {action}{" " + where if where else ""}: {reason}'
