@@ -22,7 +22,7 @@ import dnnlib
 from torch_utils import distributed as dist
 
 from .detector import INCEPTION_URL, MetricError, load_detector_and_digest
-from .features import broadcast, compute_feature_stats, leader_first, open_images
+from .features import broadcast, check_channels, compute_feature_stats, leader_first, open_images
 from .frechet import frechet_distance
 from .inception_score import inception_score
 from .kid import kernel_inception_distance_std
@@ -47,6 +47,7 @@ def _open_counted(path, num_expected, seed):
         raise MetricError(f'{path}: found {len(dataset)} images, but {num_expected} are needed (--num)')
     if len(dataset) < 2:
         raise MetricError(f'{path}: found {len(dataset)} image, but statistics need at least 2')
+    check_channels(dataset, path)
     return dataset
 
 

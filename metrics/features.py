@@ -96,6 +96,16 @@ def _names(dataset, indices):
     return first if len(indices) == 1 else f'{first} .. {last} ({len(indices)} images)'
 
 
+def channels_error(path, name, channels):
+    return f'{path}: {name} has {channels} channels; images must be grayscale or RGB (convert RGBA and other formats first)'
+
+
+def check_channels(dataset, path):
+    """Raise MetricError unless the images (as the first one) are grayscale or RGB."""
+    if dataset.image_shape[0] not in (1, 3):
+        raise MetricError(channels_error(path, _image_name(dataset, 0), dataset.image_shape[0]))
+
+
 def _collate(items):
     return items
 
@@ -109,8 +119,7 @@ def _to_batch(items, dataset, path):
         if error is not None:
             return None, None, f'{path}: images of different sizes or formats ({_image_name(dataset, idx)}: {error})'
         if image.shape[0] not in (1, 3):
-            return None, None, (f'{path}: {_image_name(dataset, idx)} has {image.shape[0]} channels; images must be '
-                                f'grayscale or RGB (convert RGBA and other formats first)')
+            return None, None, channels_error(path, _image_name(dataset, idx), image.shape[0])
     images = torch.from_numpy(np.stack([image for _idx, image, _error in items]))
     if images.shape[1] == 1:
         images = images.repeat([1, 3, 1, 1])
