@@ -99,7 +99,7 @@ class _DetectorUnpickler(_RestrictedUnpickler):
 
 
 def _check_archive(archive):
-    """Refuse TorchScript archives whose size claims exceed the file or whose code can touch files.
+    """Refuse TorchScript archives whose size claims exceed what the file can hold or whose code can touch files.
 
     TorchScript code cannot import Python modules or call Python functions; the only operators of
     stock PyTorch that reach the file system are torch.save and torch.from_file, refused here.
@@ -110,8 +110,9 @@ def _check_archive(archive):
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
         raise UnsafePickleError(f'the archive inside is not a TorchScript archive ({one_line(err)})') from None
     stored = sum(i.file_size for i in infos if i.compress_type == zipfile.ZIP_STORED)
-    if stored > len(archive):
-        raise UnsafePickleError('the archive declares more data than it holds')
+    declared = sum(i.file_size for i in infos)
+    if stored > len(archive) or declared > 4 * len(archive) + MAX_CODE_BYTES:
+        raise UnsafePickleError(f'the archive declares more data than it holds ({declared} bytes in {len(archive)})')
     code = [i for i in infos if '/code/' in i.filename and i.filename.endswith('.py')]
     if not code or not any(i.filename.endswith('/data.pkl') for i in infos):
         raise UnsafePickleError('the archive inside is not a TorchScript archive (no code/ or data.pkl)')
