@@ -1,6 +1,7 @@
 """fid.py's feature pass: images (features) per second of metrics.features.compute_feature_stats.
 
     python bench/bench_fid.py                                          # 2000 32x32 PNGs, stand-in detector, cpu
+    python bench/bench_fid.py --format=npz                             # the same images as one .npz batch
     python bench/bench_fid.py --device=cuda --images=20000 --batch=250 --detector=inception-shaped
     python bench/bench_fid.py --device=cuda --detector=downloads/inception-2015-12-05.pkl
 
@@ -83,12 +84,18 @@ def make_detector(name, device):
         raise click.ClickException(str(err)) from None
 
 
-def write_pngs(folder, count, resolution, seed=0):
-    """`count` random RGB PNGs of resolution x resolution pixels."""
+def write_images(folder, count, resolution, image_format, seed=0):
+    """`count` random RGB images of resolution x resolution pixels: PNGs in `folder`, or one .npz
+    batch as guided-diffusion's samplers write it; returns the path to read."""
     gen = np.random.default_rng(seed)
-    for i in range(count):
-        image = gen.integers(0, 256, [resolution, resolution, 3], dtype=np.uint8)
+    images = (gen.integers(0, 256, [resolution, resolution, 3], dtype=np.uint8) for _ in range(count))
+    if image_format == 'npz':
+        path = os.path.join(folder, f'samples_{count}x{resolution}x{resolution}x3.npz')
+        np.savez(path, arr_0=np.stack(list(images)))
+        return path
+    for i, image in enumerate(images):
         image_io.save_png(os.path.join(folder, f'{i:06d}.png'), image)
+    return folder
 
 
 def sync(device):
@@ -144,21 +151,21 @@ def whole_pass(dataset, detector, batch, workers, device):
 @click.command()
 @click.option('--device', 'device_name', type=click.Choice(['cpu', 'cuda']), default='cpu', show_default=True, help='Device')
 @click.option('--detector', 'detector_name', default='standin', show_default=True, metavar='standin|inception-shaped|PKL|URL', help='Feature detector')
-@click.option('--images', 'num_images', type=click.IntRange(min=2), default=2000, show_default=True, help='Synthetic PNGs to write and read')
-@click.option('--data', type=str, default=None, metavar='DIR|ZIP', help='Read this image folder or zip instead of synthetic PNGs')
-@click.option('--resolution', type=click.IntRange(min=8), default=32, show_default=True, help='Size of the synthetic PNGs')
+@click.option('--images', 'num_images', type=click.IntRange(min=2), default=2000, show_default=True, help='Synthetic images to write and read')
+@click.option('--format', 'image_format', type=click.Choice(['png', 'npz']), default='png', show_default=True, help='Synthetic images as PNGs or one .npz batch')
+@click.option('--data', type=str, default=None, metavar='DIR|ZIP|NPZ', help='Read these images instead of synthetic ones')
+@click.option('--resolution', type=click.IntRange(min=8), default=32, show_default=True, help='Size of the synthetic images')
 @click.option('--batch', type=click.IntRange(min=1), default=64, show_default=True, help='Batch size (fid.py --batch)')
 @click.option('--workers', 'worker_counts', default='0,3', show_default=True, callback=int_list(0), help='DataLoader workers (fid.py --workers), e.g. 0,3')
 @click.option('--repeat', type=click.IntRange(min=1), default=2, show_default=True, help='Timed runs (fastest kept)')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
-def main(device_name, detector_name, num_images, data, resolution, batch, worker_counts, repeat, threads):
+def main(device_name, detector_name, num_images, image_format, data, resolution, batch, worker_counts, repeat, threads):
     """Print features/s of the detector alone, the accumulation alone and compute_feature_stats."""
     device = bench_device(device_name, threads)
     detector = make_detector(detector_name, device)
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            data = tmp
-            write_pngs(tmp, num_images, resolution)
+            data = write_images(tmp, num_images, resolution, image_format)
         try:
             dataset = open_images(data)
         except MetricError as err:

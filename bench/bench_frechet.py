@@ -2,10 +2,12 @@
 
     python bench/bench_frechet.py                      # 2048 dims, 3 repeats
     python bench/bench_frechet.py --dim=512 --repeat=5
+    python bench/bench_frechet.py --samples=500        # singular covariances (fewer samples than dims)
 
 The covariances come from random non-negative features with a decaying spectrum (like
 Inception pool features); the second set is a perturbed copy, so the distance is small
-relative to the traces, which is where rounding in sqrtm shows most.
+relative to the traces, which is where rounding in sqrtm shows most. The distance of the
+first set to itself, which must be 0, is printed relative to its trace.
 """
 
 import os
@@ -66,6 +68,8 @@ def main(dim, samples, repeat, seed):
     print(f'frechet_distance   {t_new:8.3f} s   value {new:.10f}')
     print(f'speed-up           {t_ref / t_new:8.1f} x')
     print(f'abs difference     {abs(new - ref):.3e}   relative {abs(new - ref) / abs(ref):.3e}')
+    print(f'self-distance      scipy {scipy_sqrtm_distance(mu1, sigma1, mu1, sigma1) / np.trace(sigma1):+.3e}   '
+          f'frechet_distance {frechet_distance(mu1, sigma1, mu1, sigma1.copy()) / np.trace(sigma1):+.3e}   (relative to the trace)')
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ from torch_utils import distributed as dist
 from training.dataset import ImageFolderDataset
 
 from .detector import MetricError, one_line
+from .npz import NpzImageDataset
 
 #----------------------------------------------------------------------------
 # Collective helpers: every rank sees the same outcome, so an error never leaves a rank waiting.
@@ -20,6 +21,15 @@ from .detector import MetricError, one_line
 def leader_first(fn):
     """Run fn() on rank 0, then on the other ranks; a MetricError on rank 0 is raised everywhere."""
     return dist.leader_first(fn, MetricError)
+
+
+def broadcast(obj):
+    """Return rank 0's `obj` on every rank (a small picklable object)."""
+    if dist.get_world_size() > 1:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
 
 
 def _first_error_of_all_ranks(message):
@@ -42,9 +52,12 @@ def _all_reduce(*tensors):
 
 
 def open_images(path, max_size=None, seed=0):
-    """Return an ImageFolderDataset of `path`, with a seeded random subset of at most max_size images."""
+    """Return a dataset of the images at `path` (folder, ZIP, or .npz batch with arr_0), with a
+    seeded random subset of at most max_size images (EDM's rule, the same for every kind)."""
     if not os.path.exists(path):
         raise MetricError(f'{path}: no such folder or file')
+    if os.path.isfile(path) and path.lower().endswith('.npz'):
+        return NpzImageDataset(path, max_size=max_size, random_seed=seed)
     try:
         return ImageFolderDataset(path=path, max_size=max_size, random_seed=seed)
     except (IOError, ValueError) as err:
@@ -69,9 +82,28 @@ class _SafeItems(torch.utils.data.Dataset):
 
 def _image_name(dataset, idx):
     try:
-        return dataset._image_fnames[dataset.get_details(idx).raw_idx]
-    except (AttributeError, IndexError):
+        raw_idx = dataset.get_details(idx).raw_idx
+        if hasattr(dataset, 'image_name'):
+            return dataset.image_name(raw_idx)
+        return dataset._image_fnames[raw_idx]
+    except (AttributeError, IndexError, ValueError):
         return f'image #{idx}'
+
+
+def _names(dataset, indices):
+    """'a.png' or 'a.png .. b.png (N images)' for the images of one batch."""
+    first, last = _image_name(dataset, int(indices[0])), _image_name(dataset, int(indices[-1]))
+    return first if len(indices) == 1 else f'{first} .. {last} ({len(indices)} images)'
+
+
+def channels_error(path, name, channels):
+    return f'{path}: {name} has {channels} channels; images must be grayscale or RGB (convert RGBA and other formats first)'
+
+
+def check_channels(dataset, path):
+    """Raise MetricError unless the images (as the first one) are grayscale or RGB."""
+    if dataset.image_shape[0] not in (1, 3):
+        raise MetricError(channels_error(path, _image_name(dataset, 0), dataset.image_shape[0]))
 
 
 def _collate(items):
@@ -86,6 +118,8 @@ def _to_batch(items, dataset, path):
             error = f'{list(image.shape)}, but {_image_name(dataset, 0)} is {expected} (CHW)'
         if error is not None:
             return None, None, f'{path}: images of different sizes or formats ({_image_name(dataset, idx)}: {error})'
+        if image.shape[0] not in (1, 3):
+            return None, None, channels_error(path, _image_name(dataset, idx), image.shape[0])
     images = torch.from_numpy(np.stack([image for _idx, image, _error in items]))
     if images.shape[1] == 1:
         images = images.repeat([1, 3, 1, 1])
@@ -95,18 +129,25 @@ def _to_batch(items, dataset, path):
 # Detector outputs.
 
 
-def _features(detector, images, dim=None):
-    """Return (features [N, D] float64, None) or (None, why the detector output is unusable)."""
+def _features(detector, images, where, dim=None):
+    """Return (features [N, D] float64, None) or (None, why the detector output is unusable).
+
+    `where` names the images ('path: first .. last') for the messages.
+    """
+    c, h, w = images.shape[1:]
     try:
         out = detector(images, return_features=True)
     except Exception as err:  # whatever the detector raises, say it in one line
-        return None, f'the detector failed on a {list(images.shape)} batch ({one_line(err)})'
+        return None, f'{where}: the detector cannot take these {w}x{h} {"RGB" if c == 3 else f"{c}-channel"} images ({one_line(err)})'
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        return None, f'the detector returned {shape} for {images.shape[0]} images; expected features [N, D]'
+        return None, f'{where}: the detector returned {shape} for {images.shape[0]} images; expected features [N, D]'
     if dim is not None and out.shape[1] != dim:
-        return None, f'the detector returned {out.shape[1]} features for some images and {dim} for others'
-    return out.to(torch.float64), None
+        return None, f'{where}: the detector returned {out.shape[1]} features for these images and {dim} for others'
+    out = out.to(torch.float64)
+    if not torch.isfinite(out).all():
+        return None, f'{where}: the detector returned NaN or infinite features for these images'
+    return out, None
 
 
 def probe_probs(detector, images):
@@ -146,7 +187,7 @@ def compute_feature_stats(dataset, detector, image_path='images', max_batch_size
         raise MetricError(error)
     probe = probe.to(device)
     with torch.no_grad():
-        out, error = _features(detector, probe)
+        out, error = _features(detector, probe, f'{image_path}: {_image_name(dataset, 0)}')
         if error is not None:
             raise MetricError(error)
         dim = out.shape[1]
@@ -178,7 +219,7 @@ def compute_feature_stats(dataset, detector, image_path='images', max_batch_size
             if error is not None:
                 break
             images = images.to(device)
-            feats, error = _features(detector, images, dim)
+            feats, error = _features(detector, images, f'{image_path}: {_names(dataset, idx)}', dim)
             if error is not None:
                 break
             mu += feats.sum(0)

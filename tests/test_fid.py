@@ -257,7 +257,7 @@ def test_ref_and_calc_match_a_direct_computation(dataset, detector_pkl, tmp_path
     record = json.loads(lines[0])
     assert record['num_images'] == 40 and record['ref'] == dataset['ref'] and record['images'] == dataset['gen_dir']
     assert record['options']['metrics'] == ['fid', 'kid', 'is', 'pr'] and record['options']['num'] == 40
-    assert set(record['metrics']) == {'fid', 'kid', 'is_mean', 'is_std', 'precision', 'recall'}
+    assert set(record['metrics']) == {'fid', 'kid', 'kid_std', 'is_mean', 'is_std', 'precision', 'recall'}
 
     feats_gen = direct_features(detector_pkl, dataset['gen'])
     expected = scipy_fid(feats_gen.mean(0), np.cov(feats_gen, rowvar=False), feats_real.mean(0), np.cov(feats_real, rowvar=False))
