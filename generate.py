@@ -1,212 +1,35 @@
-"""Generate images with EDM's samplers, epsilon scaling and time shift.
+"""Generate images with EDM's samplers (and DDPM/DDIM for ADM networks), epsilon scaling and
+time shift.
 
-`generate_images()` is the library function; `main()` is the command line around it.
+`samplers.jobs.generate_images()` is the library function; this file is the command line
+around it.
 Each image depends only on its seed and the sampling options: not on --batch (up to float
 kernels that may differ in the last bits between batch sizes) and not on the number of
 torchrun processes.
 """
 
-import concurrent.futures
-import dataclasses
-import json
 import os
 import shutil
 import tempfile
-import time
 
 import click
-import torch
-import tqdm
 
-import dnnlib
-from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
+from samplers import Sampler, SamplerOptionError, SamplerOptions
 from samplers.sampler import TSDPM_DEFAULT_CUTOFF
 from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import cli
 from torch_utils import distributed as dist
-from torch_utils import images as image_io
 from training import loader
+
+# The library side, imported from here by exposure.py, scripts and tests.
+from samplers.jobs import (GRID_MAX_IMAGES, OPTIONS_RECORD, SEED_LIMIT, GenerateError, GenerateStats,  # noqa: F401
+                           check_class, check_options_record, existing_images, generate_images, image_path,
+                           options_record, parse_seeds, split_batches, write_grid, write_options_record)
 
 # The bundled class-conditional MNIST model (docs/bundled-model.md), used when --network is not given.
 DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'models', 'mnist-cond-32x32.pkl')
-OPTIONS_RECORD = 'generate-options.json'
-GRID_MAX_IMAGES = 1024
 
-
-class GenerateError(Exception):
-    """Bad input to generate_images(); the message is one line."""
-
-#----------------------------------------------------------------------------
-# Seeds and file layout.
-
-
-SEED_LIMIT = 1 << 32  # EDM seeds its generators with seed % 2^32: larger seeds would repeat images
-
-
-def parse_seeds(text, max_count=None):
-    """Seeds from '0-49999', '1,5,9' or '0-9,100-109', in order, without repeats, as a lazy
-    dnnlib.util.IntRanges (a range of a billion seeds costs nothing until it is walked)."""
-    try:
-        seeds = dnnlib.util.parse_int_ranges(text)
-    except ValueError as err:
-        raise GenerateError(f'invalid --seeds "{text}": {err}') from None
-    if not seeds:
-        raise GenerateError(f'--seeds "{text}" selects no seeds')
-    if seeds.min() < 0:
-        raise GenerateError(f'invalid --seeds "{text}": seeds must not be negative')
-    if seeds.max() >= SEED_LIMIT:
-        raise GenerateError(f'invalid --seeds "{text}": seeds must be below 2^32 = {SEED_LIMIT} '
-                            '(EDM would wrap them around to repeat smaller seeds)')
-    if max_count is not None and len(seeds) > max_count:
-        raise GenerateError(f'--seeds "{text}" selects {len(seeds)} seeds; at most {max_count} are supported here')
-    return seeds
-
-
-def image_path(outdir, seed, subdirs=False):
-    """outdir/SSSSSS.png, or outdir/TTTTTT/SSSSSS.png with TTTTTT the seed's thousand."""
-    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
-    return os.path.join(folder, f'{seed:06d}.png')
-
-
-def split_batches(seeds, max_batch_size):
-    """Consecutive batches of max_batch_size seeds (the last may be shorter). The batches do
-    not depend on the number of processes, so neither do the images."""
-    return [seeds[i:i + max_batch_size] for i in range(0, len(seeds), max_batch_size)]
-
-#----------------------------------------------------------------------------
-# Resuming: a record of the options next to the images.
-
-
-def options_record(network, class_idx, options, fast=FastPaths()):
-    """What decides the pixels of an image besides its seed. Fast paths that may move pixels
-    are listed only when on, so records written before they existed still match."""
-    if isinstance(network, str) and os.path.exists(network):
-        network = os.path.abspath(network)
-    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
-
-
-def check_options_record(outdir, record, existing):
-    """Raise GenerateError if `existing` PNGs in outdir were made with options other than `record`."""
-    path = os.path.join(outdir, OPTIONS_RECORD)
-    if not existing:
-        return
-    try:
-        with open(path, encoding='utf8') as f:
-            old = json.load(f)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as err:
-        raise GenerateError(f'cannot read {path}: {err}; delete it or pass --no-resume') from None
-    # Options added after a folder was made are missing from its record: they had their defaults.
-    defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
-    current = {**defaults, **json.loads(json.dumps(record))}
-    old = {**defaults, **old}
-    changed = [key for key in list(current) + [k for k in old if k not in current] if old.get(key) != current.get(key)]
-    if changed:
-        key = changed[0]
-        raise GenerateError(f'{outdir} holds images generated with {key}={old.get(key)!r}, not {current.get(key)!r}; '
-                            f'use another --outdir, or --no-resume to replace them')
-
-
-def write_options_record(outdir, record):
-    with dnnlib.util.atomic_write(os.path.join(outdir, OPTIONS_RECORD), 'w') as f:
-        json.dump(record, f, indent=2)
-        f.write('\n')
-
-#----------------------------------------------------------------------------
-# Library entry point.
-
-
-@dataclasses.dataclass
-class GenerateStats:
-    num_written: int        # PNGs written by all processes.
-    num_skipped: int        # Seeds whose PNG existed already.
-    seconds: float          # Wall time of the sampling loop.
-
-
-def _write_batch(paths, images):
-    for path, image in zip(paths, images):
-        if path is not None:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                image_io.save_png(path, image)
-            except OSError as err:  # disk full, file size limit, permissions: the PNG is not left half-written
-                raise GenerateError(f'cannot write {path}: {err.strerror or err}') from None
-
-
-def _all_ranks_sum(values, device):
-    if dist.get_world_size() == 1:
-        return values
-    sync_device = device if torch.distributed.get_backend() == 'nccl' else torch.device('cpu')
-    total = torch.tensor(values, dtype=torch.int64, device=sync_device)
-    torch.distributed.all_reduce(total)
-    return total.tolist()
-
-
-def check_class(net, class_idx):
-    """Raise GenerateError unless class_idx is None or a class of the network."""
-    if class_idx is None:
-        return
-    if not net.label_dim:
-        raise GenerateError(f'--class={class_idx} given, but the network is unconditional')
-    if not 0 <= class_idx < net.label_dim:
-        raise GenerateError(f'--class={class_idx} is out of range: the network has classes 0-{net.label_dim - 1}')
-
-
-def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
-                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None):
-    """Sample one PNG per seed into `outdir` with this process's share of the batches;
-    return GenerateStats. With `resume`, seeds whose PNG exists complete are not generated
-    again. `fast` selects inference fast paths (samplers.fast; the default changes no pixel);
-    `sampler`, if given, is a Sampler already built for `net` with these options.
-
-    Batches are cut from the full seed list and dealt to the torchrun processes in turn, and
-    each process walks its share lazily (a billion seeds start at once); a batch with some
-    PNGs missing is sampled whole, so resumed images are byte-identical.
-    """
-    device = torch.device('cpu') if device is None else torch.device(device)
-    check_class(net, class_idx)
-    if sampler is None:
-        sampler = Sampler(net, options, device=device, fast=fast)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    seeds = seeds if isinstance(seeds, dnnlib.util.IntRanges) else dnnlib.util.parse_int_ranges(list(seeds))
-    num_batches = -(-len(seeds) // max_batch_size)
-    mine = range(rank, num_batches, world_size)  # by batch index alone: no rank needs to see the folder first
-    num_seeds = len(mine) * max_batch_size - (num_batches * max_batch_size - len(seeds) if num_batches - 1 in mine else 0)
-    shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    counts = dict(written=0, skipped=0)
-    start = time.time()
-    with tqdm.tqdm(total=num_seeds, unit='img', disable=(rank != 0 or not progress), leave=False) as bar, \
-            concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = None
-        for b in mine:
-            batch = seeds[b * max_batch_size:(b + 1) * max_batch_size]
-            paths = [image_path(outdir, seed, subdirs) for seed in batch]
-            missing = [path if not (resume and image_io.is_complete_png(path)) else None for path in paths]
-            counts['skipped'] += missing.count(None)
-            if not any(missing):
-                bar.update(len(batch))
-                continue
-            noise = SeedNoise(batch, device=device)
-            latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
-            images = image_io.to_uint8(sampler(latents, labels, noise.randn_like))
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(_write_batch, missing, images)  # PNG encoding overlaps the next batch
-            counts['written'] += len(paths) - missing.count(None)
-            bar.update(len(batch))
-        if pending is not None:
-            pending.result()
-    num_written, num_skipped = _all_ranks_sum([counts['written'], counts['skipped']], device)
-    dist.barrier()
-    return GenerateStats(num_written=num_written, num_skipped=num_skipped, seconds=time.time() - start)
-
-
-def write_grid(path, outdir, seeds, subdirs=False, max_images=GRID_MAX_IMAGES):
-    """A grid of the PNGs of the first `max_images` seeds, in seed order."""
-    images = [image_io.read_png(image_path(outdir, seed, subdirs)) for seed in seeds[:max_images]]
-    image_io.save_grid(path, images)
 
 #----------------------------------------------------------------------------
 # Command line.
@@ -243,23 +66,6 @@ def _record_options(outdir, seeds, subdirs, resume, record):
         if created:
             shutil.rmtree(outdir, ignore_errors=True)  # leave nothing behind
         raise GenerateError(cli.os_error_message(err)) from None
-
-
-def existing_images(outdir, seeds, subdirs=False):
-    """True if a PNG of one of `seeds` exists in outdir. Costs one stat per seed, or for long
-    seed lists one listing of the folder, whichever is smaller."""
-    if len(seeds) <= 10000:
-        return any(os.path.isfile(image_path(outdir, seed, subdirs)) for seed in seeds)
-    seeds = seeds if isinstance(seeds, dnnlib.util.IntRanges) else dnnlib.util.parse_int_ranges(seeds)
-    folders = [outdir]
-    if subdirs:
-        folders = [entry.path for entry in os.scandir(outdir) if entry.is_dir() and entry.name.isdigit()]
-    for folder in folders:
-        for entry in os.scandir(folder):
-            stem, ext = os.path.splitext(entry.name)
-            if ext == '.png' and stem.isdigit() and int(stem) in seeds and entry.path == image_path(outdir, int(stem), subdirs):
-                return True
-    return False
 
 
 def _load(network, device, allow_pickle_code=None):

@@ -1,14 +1,19 @@
 """Sampling jobs that write files: seeds in, resumable outputs out, under torchrun or alone.
 
-`sample_to_npz` writes guided-diffusion's sample file, `samples_NxHxWxC.npz` (`arr_0`: uint8
-images NHWC quantised as guided-diffusion does, `arr_1`: class labels of a conditional
-network), as image_sample.py does. Batches of consecutive seeds are dealt to the processes in
-turn; each finished batch is kept as a part file in a hidden folder next to the output, so a
-killed run resumes where it stopped, and the sample file appears (atomically) only when every
-part exists. Each image depends on its seed and the options only, never on the batch size or
-the number of processes.
+- `generate_images` writes one PNG per seed into a folder (generate.py), next to a record of
+  the options (`generate-options.json`) that a resumed run must match.
+- `sample_to_npz` writes guided-diffusion's sample file, `samples_NxHxWxC.npz` (`arr_0`: uint8
+  images NHWC quantised as guided-diffusion does, `arr_1`: class labels of a conditional
+  network), as image_sample.py does. Each finished batch is kept as a part file in a hidden
+  folder next to the output, so a killed run resumes where it stopped, and the sample file
+  appears (atomically) only when every part exists.
+
+Batches of consecutive seeds are cut from the whole seed list and dealt to the processes by
+batch index, so each image depends on its seed and the options only, never on the batch
+size or the number of processes.
 """
 
+import concurrent.futures
 import dataclasses
 import glob
 import json
@@ -22,16 +27,229 @@ import tqdm
 
 import dnnlib
 from torch_utils import distributed as dist
+from torch_utils import images as image_io
 
 from .fast import FastPaths
 from .noise import SeedNoise, latents_and_labels
-from .sampler import Sampler
+from .sampler import Sampler, SamplerOptions
 
-PARTS_RECORD = 'options.json'
+OPTIONS_RECORD = 'generate-options.json'
+GRID_MAX_IMAGES = 1024
 
 
 class JobError(Exception):
-    """A sampling job that cannot run or resume; the message is one line."""
+    """Bad input to a sampling job; the message is one line."""
+
+
+GenerateError = JobError  # the name generate.py has always used
+
+#----------------------------------------------------------------------------
+# Seeds and file layout.
+
+
+SEED_LIMIT = 1 << 32  # EDM seeds its generators with seed % 2^32: larger seeds would repeat images
+
+
+def parse_seeds(text, max_count=None):
+    """Seeds from '0-49999', '1,5,9' or '0-9,100-109', in order, without repeats, as a lazy
+    dnnlib.util.IntRanges (a range of a billion seeds costs nothing until it is walked)."""
+    try:
+        seeds = dnnlib.util.parse_int_ranges(text)
+    except ValueError as err:
+        raise GenerateError(f'invalid --seeds "{text}": {err}') from None
+    if not seeds:
+        raise GenerateError(f'--seeds "{text}" selects no seeds')
+    if seeds.min() < 0:
+        raise GenerateError(f'invalid --seeds "{text}": seeds must not be negative')
+    if seeds.max() >= SEED_LIMIT:
+        raise GenerateError(f'invalid --seeds "{text}": seeds must be below 2^32 = {SEED_LIMIT} '
+                            '(EDM would wrap them around to repeat smaller seeds)')
+    if max_count is not None and len(seeds) > max_count:
+        raise GenerateError(f'--seeds "{text}" selects {len(seeds)} seeds; at most {max_count} are supported here')
+    return seeds
+
+
+def image_path(outdir, seed, subdirs=False):
+    """outdir/SSSSSS.png, or outdir/TTTTTT/SSSSSS.png with TTTTTT the seed's thousand."""
+    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
+    return os.path.join(folder, f'{seed:06d}.png')
+
+
+def split_batches(seeds, max_batch_size):
+    """Consecutive batches of max_batch_size seeds (the last may be shorter). The batches do
+    not depend on the number of processes, so neither do the images."""
+    return [seeds[i:i + max_batch_size] for i in range(0, len(seeds), max_batch_size)]
+
+#----------------------------------------------------------------------------
+# Resuming: a record of the options next to the images.
+
+
+def options_record(network, class_idx, options, fast=FastPaths()):
+    """What decides the pixels of an image besides its seed. Fast paths that may move pixels
+    are listed only when on, so records written before they existed still match."""
+    if isinstance(network, str) and os.path.exists(network):
+        network = os.path.abspath(network)
+    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
+
+
+def check_options_record(outdir, record, existing):
+    """Raise GenerateError if `existing` PNGs in outdir were made with options other than `record`."""
+    path = os.path.join(outdir, OPTIONS_RECORD)
+    if not existing:
+        return
+    try:
+        with open(path, encoding='utf8') as f:
+            old = json.load(f)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as err:
+        raise GenerateError(f'cannot read {path}: {err}; delete it or pass --no-resume') from None
+    # Options added after a folder was made are missing from its record: they had their defaults.
+    defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
+    current = {**defaults, **json.loads(json.dumps(record))}
+    old = {**defaults, **old}
+    changed = [key for key in list(current) + [k for k in old if k not in current] if old.get(key) != current.get(key)]
+    if changed:
+        key = changed[0]
+        raise GenerateError(f'{outdir} holds images generated with {key}={old.get(key)!r}, not {current.get(key)!r}; '
+                            f'use another --outdir, or --no-resume to replace them')
+
+
+def write_options_record(outdir, record):
+    with dnnlib.util.atomic_write(os.path.join(outdir, OPTIONS_RECORD), 'w') as f:
+        json.dump(record, f, indent=2)
+        f.write('\n')
+
+#----------------------------------------------------------------------------
+# Library entry point.
+
+
+@dataclasses.dataclass
+class GenerateStats:
+    num_written: int        # PNGs written by all processes.
+    num_skipped: int        # Seeds whose PNG existed already.
+    seconds: float          # Wall time of the sampling loop.
+
+
+def _write_batch(paths, images):
+    for path, image in zip(paths, images):
+        if path is not None:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                image_io.save_png(path, image)
+            except OSError as err:  # disk full, file size limit, permissions: the PNG is not left half-written
+                raise GenerateError(f'cannot write {path}: {err.strerror or err}') from None
+
+
+def _all_ranks_sum(values, device):
+    if dist.get_world_size() == 1:
+        return values
+    sync_device = device if torch.distributed.get_backend() == 'nccl' else torch.device('cpu')
+    total = torch.tensor(values, dtype=torch.int64, device=sync_device)
+    torch.distributed.all_reduce(total)
+    return total.tolist()
+
+
+def check_class(net, class_idx):
+    """Raise GenerateError unless class_idx is None or a class of the network."""
+    if class_idx is None:
+        return
+    if not net.label_dim:
+        raise GenerateError(f'--class={class_idx} given, but the network is unconditional')
+    if not 0 <= class_idx < net.label_dim:
+        raise GenerateError(f'--class={class_idx} is out of range: the network has classes 0-{net.label_dim - 1}')
+
+
+def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
+                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None):
+    """Sample one PNG per seed into `outdir` with this process's share of the batches;
+    return GenerateStats. With `resume`, seeds whose PNG exists complete are not generated
+    again. `fast` selects inference fast paths (samplers.fast; the default changes no pixel);
+    `sampler`, if given, is a Sampler already built for `net` with these options.
+
+    Batches are cut from the full seed list and dealt to the torchrun processes in turn, and
+    each process walks its share lazily (a billion seeds start at once); a batch with some
+    PNGs missing is sampled whole, so resumed images are byte-identical.
+    """
+    device = torch.device('cpu') if device is None else torch.device(device)
+    check_class(net, class_idx)
+    if sampler is None:
+        sampler = Sampler(net, options, device=device, fast=fast)
+    seeds, mine, num_mine = my_batches(seeds, max_batch_size)
+    counts = dict(written=0, skipped=0)
+    start = time.time()
+    with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = None
+        for b in mine:
+            batch = seeds[b * max_batch_size:(b + 1) * max_batch_size]
+            paths = [image_path(outdir, seed, subdirs) for seed in batch]
+            missing = [path if not (resume and image_io.is_complete_png(path)) else None for path in paths]
+            counts['skipped'] += missing.count(None)
+            if any(missing):
+                images = image_io.to_uint8(sample_batch(sampler, net, batch, class_idx, device)[0])
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(_write_batch, missing, images)  # PNG encoding overlaps the next batch
+                counts['written'] += len(paths) - missing.count(None)
+            bar.update(len(batch))
+        if pending is not None:
+            pending.result()
+    num_written, num_skipped = _all_ranks_sum([counts['written'], counts['skipped']], device)
+    dist.barrier()
+    return GenerateStats(num_written=num_written, num_skipped=num_skipped, seconds=time.time() - start)
+
+
+def my_batches(seeds, max_batch_size):
+    """(seeds as lazy IntRanges, this process's batch indices, the number of its seeds).
+
+    Batch b holds seeds[b * max_batch_size:(b + 1) * max_batch_size] and goes to process
+    b mod world size: by index alone, so no process needs to look at the output first.
+    """
+    if isinstance(seeds, range) and seeds.step == 1:
+        seeds = dnnlib.util.IntRanges([(seeds.start, seeds.stop)])
+    elif not isinstance(seeds, dnnlib.util.IntRanges):
+        seeds = dnnlib.util.parse_int_ranges(list(seeds))
+    num_batches = -(-len(seeds) // max_batch_size)
+    mine = range(dist.get_rank(), num_batches, dist.get_world_size())
+    num_mine = len(mine) * max_batch_size - (num_batches * max_batch_size - len(seeds) if num_batches - 1 in mine else 0)
+    return seeds, mine, num_mine
+
+
+def sample_batch(sampler, net, batch, class_idx=None, device='cpu'):
+    """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds."""
+    noise = SeedNoise(batch, device=device)
+    shape = [net.img_channels, net.img_resolution, net.img_resolution]
+    latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
+    return sampler(latents, labels, noise.randn_like), labels
+
+
+def write_grid(path, outdir, seeds, subdirs=False, max_images=GRID_MAX_IMAGES):
+    """A grid of the PNGs of the first `max_images` seeds, in seed order."""
+    images = [image_io.read_png(image_path(outdir, seed, subdirs)) for seed in seeds[:max_images]]
+    image_io.save_grid(path, images)
+
+
+def existing_images(outdir, seeds, subdirs=False):
+    """True if a PNG of one of `seeds` exists in outdir. Costs one stat per seed, or for long
+    seed lists one listing of the folder, whichever is smaller."""
+    if len(seeds) <= 10000:
+        return any(os.path.isfile(image_path(outdir, seed, subdirs)) for seed in seeds)
+    seeds = seeds if isinstance(seeds, dnnlib.util.IntRanges) else dnnlib.util.parse_int_ranges(seeds)
+    folders = [outdir]
+    if subdirs:
+        folders = [entry.path for entry in os.scandir(outdir) if entry.is_dir() and entry.name.isdigit()]
+    for folder in folders:
+        for entry in os.scandir(folder):
+            stem, ext = os.path.splitext(entry.name)
+            if ext == '.png' and stem.isdigit() and int(stem) in seeds and entry.path == image_path(outdir, int(stem), subdirs):
+                return True
+    return False
+
+#----------------------------------------------------------------------------
+# guided-diffusion sample files (image_sample.py).
+
+PARTS_RECORD = 'options.json'
 
 
 def to_uint8_guided(images):
@@ -105,36 +323,34 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     of an earlier run are reused only when its record matches.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
-    seeds = list(seeds)
+    seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     shape = [net.img_resolution, net.img_resolution, net.img_channels]
     final = os.path.join(out_dir, npz_name(len(seeds), *shape[1:]))
     folder = os.path.join(out_dir, '.' + os.path.basename(final) + '.parts')
     conditional = bool(net.label_dim)
+    batch_of = lambda b: seeds[b * max_batch_size:(b + 1) * max_batch_size]
     sampler = Sampler(net, options, device=device, fast=fast)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    dist.run_on_rank0(lambda: _check_record(folder, dict(record, seeds=[seeds[0], seeds[-1], len(seeds)]), resume), JobError)
+    run_record = dict(record, seeds=str(seeds), batch=max_batch_size)
+    dist.run_on_rank0(lambda: _check_record(folder, run_record, resume), JobError)
 
-    batches = [seeds[i:i + max_batch_size] for i in range(0, len(seeds), max_batch_size)]
-    todo = [index for index, batch in enumerate(batches) if _read_part(_part_path(folder, index), batch, shape, conditional) is None]
-    num_resumed = len(seeds) - sum(len(batches[index]) for index in todo)
-    mine = todo[rank::world_size]
-    dist.barrier()
-
+    counts = dict(written=0, resumed=0)
     start = time.time()
-    with tqdm.tqdm(total=sum(len(batches[i]) for i in mine), unit='img', disable=(rank != 0 or not progress), leave=False) as bar:
-        for index in mine:
-            batch = batches[index]
-            noise = SeedNoise(batch, device=device)
-            latents, labels = latents_and_labels(noise, [shape[2], *shape[:2]], net.label_dim, class_idx, device=device)
-            images = to_uint8_guided(sampler(latents, labels, noise.randn_like))
-            label_ids = labels.argmax(dim=1).cpu().numpy().astype(np.int64) if conditional else None
-            _write_part(_part_path(folder, index), batch, images, label_ids)
+    with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar:
+        for b in mine:
+            batch = batch_of(b)
+            if _read_part(_part_path(folder, b), batch, shape, conditional) is not None:
+                counts['resumed'] += len(batch)
+            else:
+                images, labels = sample_batch(sampler, net, batch, class_idx, device)
+                label_ids = labels.argmax(dim=1).cpu().numpy().astype(np.int64) if conditional else None
+                _write_part(_part_path(folder, b), batch, to_uint8_guided(images), label_ids)
+                counts['written'] += len(batch)
             bar.update(len(batch))
-    num_written = len(seeds) - num_resumed
+    num_written, num_resumed = _all_ranks_sum([counts['written'], counts['resumed']], device)
     dist.barrier()
 
     def assemble():
-        parts = [_read_part(_part_path(folder, index), batch, shape, conditional) for index, batch in enumerate(batches)]
+        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional) for b in range(-(-len(seeds) // max_batch_size))]
         if any(part is None for part in parts):
             raise JobError(f'{folder}: a part file is missing or damaged; run again to regenerate it')
         arrays = [np.concatenate([part[0] for part in parts])]

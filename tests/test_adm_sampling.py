@@ -341,6 +341,12 @@ def test_generate_one_or_two_processes_give_the_same_files(tmp_path, checkpoints
     assert len(one) == 7 and one.keys() == two.keys() and all(np.array_equal(one[k], two[k]) for k in one)
 
 
+def test_generate_points_guided_diffusion_checkpoints_to_the_converter(tmp_path, checkpoints):
+    res = gen(f'--network={checkpoints["pt"]}', f'--outdir={tmp_path / "o"}', '--seeds=0')
+    assert res.exit_code != 0 and res.output.count('\n') == 1
+    assert 'guided-diffusion (ADM) checkpoint: convert it with convert.py' in res.output
+
+
 def test_generate_refuses_discrete_solvers_on_edm_networks(tmp_path):
     res = gen(f'--outdir={tmp_path / "o"}', '--seeds=0', '--solver=ddim')  # the bundled EDM model
     assert res.exit_code != 0 and res.output.count('\n') == 1

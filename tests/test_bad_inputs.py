@@ -28,6 +28,7 @@ import dataset_tool
 import exposure
 import fid
 import generate
+from samplers import jobs
 import train
 from torch_utils import cli
 from torch_utils import images as image_io
@@ -253,12 +254,12 @@ def test_generate_a_billion_seeds_start_at_once_in_flat_memory(files, tmp_path, 
     class FirstBatchWritten(Exception):
         pass
 
-    real_write = generate._write_batch
+    real_write = jobs._write_batch
 
     def write_then_stop(paths, images):
         real_write(paths, images)
         raise FirstBatchWritten()
-    monkeypatch.setattr(generate, '_write_batch', write_then_stop)
+    monkeypatch.setattr(jobs, '_write_batch', write_then_stop)
     tracemalloc.start()
     start = time.monotonic()
     result = run('generate', f'--network={files["net"]}', f'--outdir={tmp_path / "out"}', '--seeds=0-999999999',

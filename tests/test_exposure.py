@@ -22,6 +22,7 @@ from metrics.detector import load_detector, pickle_torchscript
 from metrics.evaluate import calc_reference
 from metrics.features import probe_probs
 from samplers import SamplerOptions, SeedNoise, latents_and_labels
+from samplers import jobs
 from samplers.recording import evaluation_layout
 from test_samplers import tiny_net
 from training.dataset import ImageFolderDataset
@@ -325,7 +326,7 @@ def test_sweep_resumes_and_skips_finished_points(net, files, scoring, tmp_path, 
     os.remove(result_file)
     (tmp_path / 's' / 'points' / 'b1.10000' / 'features.npy').unlink()
     written = []
-    monkeypatch.setattr(generate, '_write_batch', lambda paths, images: written.extend(p for p in paths if p))
+    monkeypatch.setattr(jobs, '_write_batch', lambda paths, images: written.extend(p for p in paths if p))
     again = run(exposure.grid_points([1.1], [(0, 1.0)]))
     assert written == [] and [r['score'] for r in again] == [r['score'] for r in grown]  # all points in the table
 

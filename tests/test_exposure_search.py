@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import generate
+from samplers import jobs
 from analysis import search as search_lib
 from analysis.search import SEARCH_Z, golden_section_search, run_search
 from analysis.sweep import grid_points, parse_scalers, run_sweep
@@ -131,12 +132,12 @@ def search(setup, outdir, **kwargs):
 @pytest.fixture
 def written(monkeypatch):
     """The PNG paths generate.py writes, as a list that the test reads."""
-    paths, real = [], generate._write_batch
+    paths, real = [], jobs._write_batch
 
     def counting(batch_paths, images):
         paths.extend(p for p in batch_paths if p)
         return real(batch_paths, images)
-    monkeypatch.setattr(generate, '_write_batch', counting)
+    monkeypatch.setattr(jobs, '_write_batch', counting)
     return paths
 
 

@@ -69,6 +69,9 @@ def load_weights(data: bytes):
         payload = safe_unpickle.load_torch_archive(data)
     except (safe_unpickle.BadPickleError, safe_unpickle.UnsafePickleError) as err:
         raise WeightsFormatError(f'not a readable weights file ({err})') from None
+    if isinstance(payload, dict) and 'time_embed.0.weight' in payload and 'format' not in payload:
+        raise WeightsFormatError('this is a guided-diffusion (ADM) checkpoint: convert it with convert.py --adm-flags '
+                                 'or --adm-preset (docs/adm.md), or sample it with image_sample.py')
     if not isinstance(payload, dict) or payload.get('format') != FORMAT:
         raise WeightsFormatError(f'not an {FORMAT} file')
     if not isinstance(payload.get('config'), str):
