@@ -13,15 +13,17 @@ import click
 
 import dnnlib
 import generate
-from analysis.calibration import FITS, calibrate, describe_calibration
-from analysis.common import ExposureError
+from analysis.calibration import FITS, calibrate, describe_calibration, record_steps
+from analysis.common import ExposureError, describe_sampler
 from analysis.norms import format_norms, measure_norms, norms_record, read_norms, training_labels, training_pool, write_norms
 from analysis.plots import _figure, plot_norms  # noqa: F401  (_figure: whether matplotlib is installed)
 from analysis.search import format_search, run_search
-from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_ts, run_sweep
+from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_slopes, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
 from samplers import SamplerOptionError, SamplerOptions
+from samplers.sampler import TSDPM_DEFAULT_CUTOFF
+from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
 from training import loader
@@ -51,7 +53,7 @@ def _open_dataset(path):
         raise ExposureError(f'--data {path}: {str(err).splitlines()[0]}') from None
 
 
-ERRORS = (ExposureError, generate.GenerateError, SamplerOptionError, MetricError, dist.DeviceError)
+ERRORS = (ExposureError, generate.GenerateError, SamplerOptionError, TimeShiftError, MetricError, dist.DeviceError)
 MAX_SEEDS = 1_000_000    # norms and sweeps keep per-seed arrays in memory (generate.py streams any number)
 
 
@@ -73,9 +75,9 @@ def _cli(fn, distributed=False, device=None):
 
 
 # The sampler options shared by `norms` and `sweep`: generate.py's, with its names and defaults
-# (--eps_scaler and the time shift are swept or given per point, churn is not supported).
+# (--eps_scaler, --eps_scaler_k and the time shift are swept or given per point, churn is not supported).
 _sampler_options = generate.sampler_options('steps', 'solver', 'disc', 'schedule', 'scaling', 'sigma_min',
-                                            'sigma_max', 'rho', 'eps_scaler_k')
+                                            'sigma_max', 'rho', 'respacing', 'eta', 'clip_denoised', 'variance')
 
 
 def _common_options(fn):
@@ -93,13 +95,17 @@ def _common_options(fn):
 
 
 def _options(**kwargs):
-    return SamplerOptions(**{key: value for key, value in kwargs.items() if value is not None})
+    given = {key: value for key, value in kwargs.items() if value is not None}
+    if 'ts_cutoff' not in given and given.get('ts_mode') == 'tsdpm':
+        given['ts_cutoff'] = TSDPM_DEFAULT_CUTOFF  # as generate.py: TS-DPM-ADM's default, an original timestep
+    return SamplerOptions(**given)
 
 
 @click.group(context_settings=dict(max_content_width=120))
 def main():
-    """Exposure-bias analysis for EDM samplers (arXiv 2308.15321): epsilon-norm trajectories,
-    epsilon-scaler calibration, and sweeps of sample quality over epsilon scaling and time shift.
+    """Exposure-bias analysis (arXiv 2308.15321) for EDM's samplers and for DDPM/DDIM on ADM networks:
+    epsilon-norm trajectories, epsilon-scaler calibration, and sweeps of sample quality over
+    epsilon scaling and time shift.
 
     docs/exposure.md defines the quantities and holds an evaluation on the bundled MNIST model.
 
@@ -133,6 +139,17 @@ def main():
         --ref=out/mnist-classifier-ref.npz --detector=models/mnist-classifier.pkl --score-name=FD_MNIST
 
     \b
+    # DDIM with 20 respaced steps on a converted ADM network (convert.py); then b and k
+    python exposure.py norms --network=adm-cifar10.pkl --data=datasets/cifar10-32x32.zip \\
+        --outdir=out/norms-ddim20 --solver=ddim --timestep_respacing=20 --seeds=0-499
+    python exposure.py calibrate --norms=out/norms-ddim20/norms.json --linear
+
+    \b
+    # DDIM over b, without and with both time shifts (TS-DPM-ADM's: window 80, cutoff timestep 300)
+    python exposure.py sweep --network=adm-cifar10.pkl --outdir=out/sweep-ddim5 --solver=ddim \\
+        --timestep_respacing=5 --eps_scaler=1:1.02:0.005 --ts=off,5:0.5,tsdpm:80:300 --ref=out/cifar10-ref.npz
+
+    \b
     # 2 processes (GPUs, or CPU processes with gloo)
     torchrun --standalone --nproc_per_node=2 exposure.py norms --data=datasets/mnist-32x32.zip --outdir=out/n
     """
@@ -144,8 +161,7 @@ def main():
 @click.option('--outdir', help='Where to write norms.json, norms.csv and norms.png', metavar='DIR', type=str, required=True)
 @_sampler_options
 @click.option('--eps_scaler', help='Epsilon scaling b while sampling', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option('--ts_window', help='Time shift window (grid positions each side); 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this', metavar='FLOAT', type=cli.FloatRange(min=0), default=1.0, show_default=True)
+@generate.sampler_options('eps_scaler_k', 'ts_window', 'ts_cutoff', 'ts_mode')
 def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, data_path, outdir, **sampler_kwargs):
     """Mean ||eps||_2 at every network evaluation: sampling vs training images."""
     def work(device):
@@ -156,8 +172,8 @@ def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         label, net = _load_network(network, device, allow_pickle_code)
         generate.check_class(net, class_idx)
         training_pool(training_labels(net, dataset), len(dataset), class_idx)  # fails here rather than after the message
-        dist.print0(f'Measuring ||eps|| for {len(seed_list)} seeds, {options.solver} with {options.num_steps} steps '
-                    f'({options.nfe} evaluations), and for as many images of "{data_path}"')
+        dist.print0(f'Measuring ||eps|| for {len(seed_list)} seeds, {describe_sampler(options)}, '
+                    f'and for as many images of "{data_path}"')
         result = measure_norms(net, dataset, seed_list, options, class_idx=class_idx, max_batch_size=max_batch_size,
                                device=device, progress=True)
         if dist.get_rank() == 0:
@@ -180,7 +196,7 @@ def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
     """Suggest --eps_scaler (and --eps_scaler_k) from measured norms."""
     def work():
         record = read_norms(norms_path)
-        steps = record['options']['num_steps']
+        steps = record_steps(record)
         cal = calibrate(record['evaluations'], steps, linear=linear, fit=fit, min_sigma=min_sigma)
         other = calibrate(record['evaluations'], steps, linear=linear, fit=[f for f in FITS if f != fit][0], min_sigma=min_sigma)
         lines = describe_calibration(record, cal, other)
@@ -205,31 +221,33 @@ def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
 @click.option('--score-name', help='Name of the score in tables and plots  [default: FID with Inception, else FD]', metavar='STR', type=str, default=None)
 @_sampler_options
 @click.option('--eps_scaler', 'scalers', help='Values of b: list and/or start:stop:step ranges', metavar='LIST', type=str, default='1', show_default=True)
-@click.option('--ts', 'ts_text', help='Time-shift settings: off and/or WINDOW:CUTOFF pairs', metavar='LIST', type=str, default='off', show_default=True)
+@click.option('--eps_scaler_k', 'slopes', help='Values of k (ADM-ES linear form), as --eps_scaler', metavar='LIST', type=str, default='0', show_default=True)
+@click.option('--ts', 'ts_text', help='Time-shift settings: off, WINDOW:CUTOFF (--ts_mode=clean), tsdpm:WINDOW:CUTOFF (TS-DPM-ADM\'s, ddim)', metavar='LIST', type=str, default='off', show_default=True)
 @click.option('--bootstrap', 'replicates', help='Bootstrap replicates for the score\'s noise (0 = none)', metavar='INT', type=click.IntRange(min=0), default=200, show_default=True)
 @click.option('--keep-images', help='Keep the PNGs of finished points (default: delete them once scored)', is_flag=True)
 @click.option('--workers', 'num_workers', help='Image-loading processes per rank for the feature pass', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--search', help='Find the best b among the --eps_scaler values by golden-section search instead of scoring them all', is_flag=True)
 @click.option('--search-images', 'start_images', help='Images per point when --search starts (doubled while two points are within the noise)  [default: 1/8 of the seeds]', metavar='INT', type=click.IntRange(min=2), default=None)
 def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, outdir, ref_path, detector_url, score_name,
-          scalers, ts_text, replicates, keep_images, num_workers, search, start_images, **sampler_kwargs):
-    """Sample quality over a grid of --eps_scaler values and time-shift settings.
+          scalers, slopes, ts_text, replicates, keep_images, num_workers, search, start_images, **sampler_kwargs):
+    """Sample quality over a grid of --eps_scaler and --eps_scaler_k values and time-shift settings.
 
-    With --search, the grid is searched for its best b (one --ts setting), scoring a few of its
+    With --search, the grid is searched for its best b (one --ts setting, one k), scoring a few of its
     points on a growing number of images; search.json records the steps, the b found and the
     images spent. Points already scored in the folder are reused.
     """
     def work(device):
         base = _options(**sampler_kwargs)
         base.check()
-        points = grid_points(parse_scalers(scalers), parse_ts(ts_text))
+        points = grid_points(parse_scalers(scalers), parse_ts(ts_text), parse_slopes(slopes))
         seed_list = list(generate.parse_seeds(seeds, max_count=MAX_SEEDS))
         name = score_name or ('FID' if detector_url == INCEPTION_URL else 'FD')
-        if search and (len(parse_ts(ts_text)) != 1 or keep_images):
-            raise ExposureError('--search takes one --ts setting and no --keep-images')
+        if search and (len(parse_ts(ts_text)) != 1 or len(parse_slopes(slopes)) != 1 or keep_images):
+            raise ExposureError('--search takes one --ts setting, one --eps_scaler_k and no --keep-images')
         label, net = _load_network(network, device, allow_pickle_code)
         if search:
-            doc = run_search(net, label, seed_list, outdir, parse_scalers(scalers), ref_path, ts=parse_ts(ts_text)[0], base=base,
+            doc = run_search(net, label, seed_list, outdir, parse_scalers(scalers), ref_path, ts=parse_ts(ts_text)[0],
+                             eps_scaler_k=parse_slopes(slopes)[0], base=base,
                              detector_url=detector_url, class_idx=class_idx, max_batch_size=max_batch_size, device=device,
                              replicates=replicates, num_workers=num_workers, start_images=start_images, score_name=name,
                              log=dist.print0)

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from .common import ExposureError
+from .common import ExposureError, describe_sampler
 
 FITS = ('norm', 'ratio')
 
@@ -27,9 +27,16 @@ class Calibration:
         return [r / s for r, s in zip(self.ratios, self.scalers)]
 
 
+def record_steps(record):
+    """The number of solver steps N of a norms.json (for DDPM/DDIM the respaced steps, which
+    --steps does not give when --timestep_respacing does)."""
+    return 1 + max(r['step'] for r in record['evaluations'])
+
+
 def calibrate(rows, num_steps, *, linear=False, fit='norm', min_sigma=0.0):
     """Fit lambda_i = b (+ k (N - 1 - i)) to the measured norms of `rows` (norms.json evaluations)
-    at levels sigma >= min_sigma.
+    at levels sigma >= min_sigma. Step i counts from the first step (N - 1 - i is the respaced
+    index j of DDPM/DDIM: ADM-ES's lambda_j = b + k j).
 
     S_j and T_j are the mean sampling and training norms of evaluation j (of step i(j)).
     fit='norm' minimises sum_j (S_j - lambda_i(j) T_j)^2 (b = sum S T / sum T^2 for a constant):
@@ -74,7 +81,7 @@ def describe_calibration(record, cal, other):
     used = f'{len(rows)} evaluations' + (f' at sigma >= {min(r["sigma"] for r in rows):.3g} ({skipped} below --min-sigma left out)' if skipped else '')
     return [
         f'Measured: mean ||eps||_2 of the network over {record["num_images"]} images at the {used} of '
-        f'{opts["solver"]} with {opts["num_steps"]} steps: S_j along sampling trajectories, T_j on training images '
+        f'{describe_sampler(opts)}: S_j along sampling trajectories, T_j on training images '
         f'noised to the same sigma.{measured_with}',
         f'Ratios S_j/T_j: from {cal.ratios[lo]:.4f} (evaluation {rows[lo]["evaluation"]}, sigma {rows[lo]["sigma"]:.3g}) to '
         f'{cal.ratios[hi]:.4f} (evaluation {rows[hi]["evaluation"]}, sigma {rows[hi]["sigma"]:.3g}); mean {np.mean(cal.ratios):.4f}.',

@@ -17,8 +17,9 @@ import tqdm
 
 import dnnlib
 import generate
-from samplers import NO_CHURN, Sampler, SamplerOptions, SeedNoise, eps_scalers, latents_and_labels, network_denoiser
-from samplers.recording import CORRECTION, EULER, EpsNormRecorder, FirstStepOnly, evaluation_layout
+from samplers import Sampler, SamplerOptions, SeedNoise, eps_scalers, latents_and_labels
+from samplers.recording import (EpsNormRecorder, LayoutError, evaluation_index, evaluation_layout, evaluation_levels,
+                                run_one_step, step_levels, unscaled_denoiser)
 from torch_utils import distributed as dist
 
 from .common import ExposureError, write_csv
@@ -36,9 +37,10 @@ class EpsNorms:
     the sampler's trajectory from seed s (with epsilon scaling on, the solver used eps / lambda_i;
     that is `sampling / scalers`). `training[s, j]` is the norm at the same evaluation when the
     step starts from a training image noised to the step's level instead (the network's input
-    distribution during training).
+    distribution during training). For DDPM and DDIM, x is x_t / sqrt(alpha_bar) and
+    sigma = sqrt(1 / alpha_bar - 1), so eps is the model's eps prediction.
     """
-    layout: list                # [(step i, 'euler' | 'correction')] in evaluation order.
+    layout: list                # [(step i, kind)] in evaluation order (samplers.recording.evaluation_layout).
     levels: list                # Scheduled sigma of each evaluation.
     scalers: list               # lambda_i of each evaluation (1 without epsilon scaling).
     dim: int                    # C * H * W: ||eps|| of pure N(0, I) noise is about sqrt(dim).
@@ -95,12 +97,14 @@ def training_pool(labels, num_images, class_idx=None):
 
 def _columns(records, layout, count):
     """[count, E] norms and sigmas from EpsNormRecorder.take() of a solver run with `layout`."""
-    index = {key: j for j, key in enumerate(layout)}
+    index = evaluation_index(layout)
     norms = torch.full([count, len(layout)], float('nan'), dtype=torch.float64)
     sigmas = torch.full_like(norms, float('nan'))
-    for (step, call), (n, s) in records.items():
-        j = index[(step, EULER if call == 0 else CORRECTION)]
-        norms[:, j], sigmas[:, j] = n.cpu(), s.cpu()
+    for key, (n, s) in records.items():
+        if key not in index:
+            raise ExposureError(f'the solver made call {key[1] + 1} of step {key[0]}, which its evaluation layout '
+                                'does not have (samplers/recording.py, EVALUATIONS)')
+        norms[:, index[key]], sigmas[:, index[key]] = n.cpu(), s.cpu()
     return norms, sigmas
 
 
@@ -112,29 +116,32 @@ def _sampling_norms(sampler, net, batch, class_idx, layout, device):
     recording = copy.copy(sampler)  # the same sampler, its denoiser seen through the recorder
     recording.denoiser = recorder
     recording(latents, labels, noise.randn_like)
-    return _columns(recorder.take(), layout, len(batch))
+    records = recorder.take()
+    missing = sorted(set(evaluation_index(layout)) - set(records))
+    if missing:
+        raise ExposureError(f'the solver made no call {missing[0][1] + 1} in step {missing[0][0]}, which its evaluation '
+                            'layout has (samplers/recording.py, EVALUATIONS)')
+    return _columns(records, layout, len(batch))
 
 
 def _training_norms(sampler, net, dataset, labels, pool, batch, layout, device):
     """For each step i: a training image x0 per seed, x = x0 + sigma_i n, and one solver step
-    (Euler, and Heun's correction at sigma_{i+1}) from x with the unscaled network."""
+    from x with the unscaled network (Heun: the Euler evaluation at sigma_i and the correction
+    at sigma_{i+1}; DDPM, DDIM: the evaluation at the step's timestep)."""
     items = [int(pool[seed % len(pool)]) for seed in batch]
     x0 = torch.from_numpy(np.stack([dataset[idx][0] for idx in items])).to(device, torch.float64) / 127.5 - 1
     onehot = None
     if labels is not None:
         onehot = torch.eye(net.label_dim, device=device)[torch.as_tensor(labels[items], device=device)]
     noise = SeedNoise([(seed + TRAINING_SEED_OFFSET) % (1 << 32) for seed in batch], device=device)
-    levels = sampler.sigmas.tolist()
     norms = torch.full([len(batch), len(layout)], float('nan'), dtype=torch.float64)
-    for i in range(len(levels) - 1):
+    for i in range(len(step_levels(sampler)) - 1):
         n = noise.randn(list(x0.shape))
-        sigmas = torch.tensor([levels[i], levels[i + 1], 0.0][:3 if levels[i + 1] > 0 else 2], dtype=torch.float64, device=device)
-        recorder = EpsNormRecorder(network_denoiser(sampler.net))
-        # The solver starts from sigma_0 * latents: latents = x0 / sigma_i + n gives x0 + sigma_i n.
-        sampler.solver(FirstStepOnly(recorder), x0 / levels[i] + n, sigmas, noise.randn_like, onehot,
-                       churn=NO_CHURN, time_shift=None, ode=sampler.ode)
-        for (_step, call), (step_norms, _sigmas) in recorder.take().items():
-            norms[:, layout.index((i, EULER if call == 0 else CORRECTION))] = step_norms.cpu()
+        recorder = EpsNormRecorder(unscaled_denoiser(sampler))
+        run_one_step(sampler, recorder, x0, n, i, onehot, noise.randn_like)
+        step_norms, _sigmas = _columns({(i, call): value for (_step, call), value in recorder.take().items()}, layout, len(batch))
+        done = ~step_norms.isnan()
+        norms[done] = step_norms[done]
     return norms
 
 
@@ -166,11 +173,14 @@ def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=No
     labels = training_labels(net, dataset)
     pool = training_pool(labels, len(dataset), class_idx)
     sampler = Sampler(net, options, device=device)
-    layout = evaluation_layout(options.num_steps, options.solver)
-    step_scalers = eps_scalers(options.num_steps, options.eps_scaler, options.eps_scaler_k)
+    levels = step_levels(sampler)
+    try:
+        layout = evaluation_layout(len(levels) - 1, options.solver)
+    except LayoutError as err:
+        raise ExposureError(str(err)) from None
+    step_scalers = eps_scalers(len(levels) - 1, options.eps_scaler, options.eps_scaler_k)
     scalers = [step_scalers[i] for i, _kind in layout]
-    levels = sampler.sigmas.tolist()
-    eval_levels = [levels[i] if kind == EULER else levels[i + 1] for i, kind in layout]
+    eval_levels = evaluation_levels(levels, options.solver)
 
     batches = generate.split_batches(list(seeds), max_batch_size)
     starts = np.cumsum([0] + [len(b) for b in batches])

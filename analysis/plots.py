@@ -4,8 +4,9 @@ the data files are still written). Figures are made without pyplot, so no global
 import os
 
 import dnnlib
+from samplers.recording import layout_note
 
-from .common import ExposureError
+from .common import ExposureError, describe_sampler
 
 
 def _figure(**kwargs):
@@ -25,13 +26,19 @@ def _save(fig, path):
     return path
 
 
+def ts_text(window, cutoff, mode='clean'):
+    """A time-shift setting in a few characters: 'off', 'TS w10 c1', 'TS-DPM w80 c300'."""
+    if mode == 'tsdpm':
+        return f'TS-DPM w{window} c{cutoff:g}'
+    return f'TS w{window} c{cutoff:g}' if window else 'off'
+
+
 def _record_label(record):
     opts = record['options']
     scaled = opts['eps_scaler'] != 1 or opts['eps_scaler_k'] != 0
     label = f'ES b={opts["eps_scaler"]:g}' + (f' k={opts["eps_scaler_k"]:g}' if opts['eps_scaler_k'] else '') if scaled else 'no ES'
-    if opts.get('ts_window'):
-        label += f', TS w{opts["ts_window"]} c{opts["ts_cutoff"]:g}'
-    return label
+    ts = ts_text(opts.get('ts_window', 0), opts.get('ts_cutoff', 1.0), opts.get('ts_mode', 'clean'))
+    return label + (f', {ts}' if ts != 'off' else '')
 
 
 def _focus_ratio_axis(ax, records, x, min_sigma=0.01):
@@ -78,12 +85,11 @@ def plot_norms(records, path, labels=None, title=None):
             axr.plot(x, [r['ratio_used'] for r in rows], 'o--', color=color, markersize=3, label=f'eps/lambda ({label})')
     axr.axhline(1, color='grey', linewidth=0.8)
     _focus_ratio_axis(axr, records, x)
-    opts = records[0]['options']
-    heun = opts['solver'] == 'heun'
+    note = layout_note([(r['step'], r['kind']) for r in first])
     ax.set_ylabel('mean $\\|\\epsilon_\\theta\\|_2$')
     axr.set_ylabel('sampling / training')
-    axr.set_xlabel('timestep (1 = last evaluation)' + ('; odd: Euler, even: correction' if heun else ''))
-    ax.set_title(title or f'{opts["solver"]}, {opts["num_steps"]} steps, {records[0]["num_images"]} images')
+    axr.set_xlabel('timestep (1 = last evaluation)' + (f'; {note}' if note else ''))
+    ax.set_title(title or f'{describe_sampler(records[0]["options"])}, {records[0]["num_images"]} images')
     ax.grid(True, linewidth=0.4)
     axr.grid(True, linewidth=0.4)
     ax.legend(fontsize=7)
@@ -94,16 +100,18 @@ def plot_norms(records, path, labels=None, title=None):
 
 def plot_sweep(rows, path, score_name='FD', title=None):
     """Score vs b (bootstrap error bars) and, below, the difference to b = 1 without time shift
-    (paired-bootstrap error bars), one line per time-shift setting; None without matplotlib."""
+    (paired-bootstrap error bars), one line per time-shift setting and k; None without matplotlib."""
     paired = any(r['delta'] is not None for r in rows)
     fig = _figure(figsize=(6, 6 if paired else 4))
     if fig is None:
         return None
     axes = fig.subplots(2 if paired else 1, 1, sharex=True, squeeze=False)
-    settings = list(dict.fromkeys((r['ts_window'], r['ts_cutoff']) for r in rows))
-    for n, (window, cutoff) in enumerate(settings):
-        sel = sorted((r for r in rows if (r['ts_window'], r['ts_cutoff']) == (window, cutoff)), key=lambda r: r['eps_scaler'])
-        label = f'TS window {window}, cutoff {cutoff:g}' if window else 'no time shift'
+    line_of = lambda r: (r['ts_window'], r['ts_cutoff'], r.get('ts_mode'), r.get('eps_scaler_k') or 0.0)  # noqa: E731
+    settings = list(dict.fromkeys(line_of(r) for r in rows))
+    for n, (window, cutoff, mode, k) in enumerate(settings):
+        sel = sorted((r for r in rows if line_of(r) == (window, cutoff, mode, k)), key=lambda r: r['eps_scaler'])
+        label = 'no time shift' if cutoff is None else ts_text(window, cutoff, mode or 'clean')
+        label += f', k={k:g}' if k else ''
         style = dict(marker='os^vD'[n % 5], capsize=3, label=label)
         b = [r['eps_scaler'] for r in sel]
         axes[0, 0].errorbar(b, [r['score'] for r in sel], yerr=[r['score_std'] or 0 for r in sel], **style)

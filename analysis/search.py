@@ -25,9 +25,10 @@ from metrics.detector import INCEPTION_URL, MetricError, load_detector
 from metrics.features import compute_feature_stats, open_images
 from metrics.reference import load_reference
 from samplers import SamplerOptions
+from samplers.sampler import check_network
 from torch_utils import distributed as dist
 
-from .common import ExposureError
+from .common import ExposureError, describe_sampler
 from .sweep import GridPoint, _check_sweep_record, _fd_of, _sweep_record, bootstrap, load_point
 
 INV_PHI = (math.sqrt(5) - 1) / 2  # 0.618...: golden-section proportion
@@ -146,16 +147,17 @@ class FolderScorer:
     the images generated; `used` the images each point was scored on.
     """
 
-    def __init__(self, net, network, seeds, outdir, base, ts, ref, detector, *, class_idx=None, max_batch_size=64,
-                 device=None, num_workers=0, replicates=200, progress=False, log=print):
+    def __init__(self, net, network, seeds, outdir, base, ts, ref, detector, *, eps_scaler_k=0.0, class_idx=None,
+                 max_batch_size=64, device=None, num_workers=0, replicates=200, progress=False, log=print):
         self.net, self.network, self.seeds, self.outdir, self.base, self.ts = net, network, list(seeds), outdir, base, ts
+        self.eps_scaler_k = eps_scaler_k
         self.ref, self.detector, self.replicates, self.log = ref, detector, replicates, log
         self.kwargs = dict(class_idx=class_idx, max_batch_size=max_batch_size, device=device, num_workers=num_workers,
                            progress=progress)
         self.features_of, self.spent, self.used = {}, 0, {}
 
     def point(self, b):
-        return GridPoint(b, *self.ts)
+        return GridPoint(b, *self.ts, eps_scaler_k=self.eps_scaler_k)
 
     def _folder(self, point):
         return os.path.join(self.outdir, SEARCH_FOLDER, point.name)
@@ -241,11 +243,12 @@ class FolderScorer:
 # The search on a sweep folder.
 
 
-def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, SamplerOptions.ts_cutoff), base=SamplerOptions(),
-               detector_url=INCEPTION_URL, class_idx=None, max_batch_size=64, device=None, replicates=200, num_workers=0,
-               start_images=None, progress=True, score_name='FD', log=print):
+def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, SamplerOptions.ts_cutoff), eps_scaler_k=0.0,
+               base=SamplerOptions(), detector_url=INCEPTION_URL, class_idx=None, max_batch_size=64, device=None,
+               replicates=200, num_workers=0, start_images=None, progress=True, score_name='FD', log=print):
     """Golden-section search for the best b among `scalers` with time-shift setting `ts`
-    (window, cutoff), in a sweep folder shared with run_sweep(); then b = 1 on as many images
+    ((window, cutoff) or (window, cutoff, mode), as parse_ts() gives) and slope `eps_scaler_k`,
+    in a sweep folder shared with run_sweep(); then b = 1 (same setting and k) on as many images
     for the difference. Writes search.json in outdir (rank 0) and returns its document.
     `start_images` (default 1/8 of the seeds) is the image count of the first comparisons."""
     device = torch.device('cpu') if device is None else torch.device(device)
@@ -259,24 +262,27 @@ def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, Sampler
         raise ExposureError(f'--search-images must be between 2 and the number of seeds ({len(seeds)})')
     values = sorted(set(scalers))
     for b in values:
-        GridPoint(b, *ts).options(base).check()
+        check_network(net, GridPoint(b, *ts, eps_scaler_k=eps_scaler_k).options(base))
+    setting = GridPoint(1.0, *ts, eps_scaler_k=eps_scaler_k)
     generate.check_class(net, class_idx)
     ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
     detector = dist.leader_first(lambda: load_detector(detector_url, device=device), MetricError)
     record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
     dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
-    log(f'Search for the best b among {len(values)} values from {values[0]:g} to {values[-1]:g}, {GridPoint(1, *ts).ts_label}, '
-        f'{start_images} to {len(seeds)} images per point, {base.solver} with {base.num_steps} steps into "{outdir}"')
-    scorer = FolderScorer(net, network, seeds, outdir, base, ts, ref, detector, class_idx=class_idx,
-                          max_batch_size=max_batch_size, device=device, num_workers=num_workers, replicates=replicates,
-                          progress=progress, log=log)
+    slope = f', k={eps_scaler_k:g}' if eps_scaler_k else ''
+    log(f'Search for the best b among {len(values)} values from {values[0]:g} to {values[-1]:g}{slope}, {setting.ts_label}, '
+        f'{start_images} to {len(seeds)} images per point, {describe_sampler(base)} into "{outdir}"')
+    scorer = FolderScorer(net, network, seeds, outdir, base, ts, ref, detector, eps_scaler_k=eps_scaler_k,
+                          class_idx=class_idx, max_batch_size=max_batch_size, device=device, num_workers=num_workers,
+                          replicates=replicates, progress=progress, log=log)
     result = golden_section_search(values, scorer, start_images=start_images, max_images=len(seeds))
     n = result.num_images
     log(f'  b=1 (the difference\'s baseline) on {n} images')
     baseline = scorer.score(1.0, n)
     delta_std = scorer.difference_std(1.0, result.eps_scaler, n) if result.eps_scaler != 1 else None
-    doc = dict(kind='exposure-search', score=score_name, replicates=replicates, **record, ts_window=ts[0],
-               ts_cutoff=ts[1] if ts[0] else None, values=values, start_images=start_images, z=SEARCH_Z,
+    doc = dict(kind='exposure-search', score=score_name, replicates=replicates, **record, ts_window=setting.ts_window,
+               ts_cutoff=setting.ts_cutoff if setting.ts_on else None, ts_mode=setting.ts_mode if setting.ts_on else None,
+               eps_scaler_k=eps_scaler_k, values=values, start_images=start_images, z=SEARCH_Z,
                eps_scaler=result.eps_scaler, score_value=result.score, num_images=n, bracket=list(result.bracket),
                stopped=result.stopped, baseline_score=baseline, delta=result.score - baseline, delta_std=delta_std,
                images_new=scorer.spent, images_used=sum(scorer.used.values()), points_scored=len(scorer.used),

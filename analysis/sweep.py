@@ -23,75 +23,118 @@ from metrics.features import compute_feature_stats, open_images
 from metrics.frechet import frechet_distance
 from metrics.reference import load_reference
 from samplers import SamplerOptions
+from samplers.sampler import check_network
 from torch_utils import distributed as dist
 
-from .common import ExposureError, write_csv
-from .plots import plot_sweep
+from .common import ExposureError, describe_sampler, write_csv
+from .plots import plot_sweep, ts_text
 
 SWEEP_RECORD = 'sweep-options.json'
+POINT_OPTIONS = ('eps_scaler', 'eps_scaler_k', 'ts_window', 'ts_cutoff', 'ts_mode')  # given per grid point
 MAX_POINTS = 10_000      # values of one --eps_scaler start:stop:step range
 
 
 @dataclasses.dataclass(frozen=True)
 class GridPoint:
+    """One point of a sweep: the scaler b, a time-shift setting (window, cutoff, mode) and the
+    slope k. A time-shift setting is the tuple (window, cutoff) or (window, cutoff, mode), so
+    GridPoint(b, *setting) is the point of b with that setting (parse_ts())."""
     eps_scaler: float = 1.0
     ts_window: int = 0
     ts_cutoff: float = SamplerOptions.ts_cutoff
+    ts_mode: str = 'clean'              # 'clean' (window: grid positions each side, cutoff: a sigma) or
+                                        # 'tsdpm' (TS-DPM-ADM's: full width, an original timestep; on even with window 0)
+    eps_scaler_k: float = 0.0
+
+    @property
+    def ts_on(self):
+        return self.ts_mode == 'tsdpm' or self.ts_window > 0
 
     @property
     def name(self):
-        ts = f'-ts{self.ts_window}-c{self.ts_cutoff:g}' if self.ts_window else ''
-        return f'b{self.eps_scaler:.5f}{ts}'
+        ts = ''
+        if self.ts_mode == 'tsdpm':
+            ts = f'-tsdpm{self.ts_window}-c{self.ts_cutoff:g}'
+        elif self.ts_window:
+            ts = f'-ts{self.ts_window}-c{self.ts_cutoff:g}'
+        return f'b{self.eps_scaler:.5f}' + (f'-k{self.eps_scaler_k:g}' if self.eps_scaler_k else '') + ts
 
     @property
     def ts_label(self):
+        if self.ts_mode == 'tsdpm':
+            return f'TS-DPM-ADM window {self.ts_window}, cutoff timestep {self.ts_cutoff:g}'
         return f'TS window {self.ts_window}, cutoff {self.ts_cutoff:g}' if self.ts_window else 'no TS'
 
     def options(self, base):
-        return dataclasses.replace(base, eps_scaler=self.eps_scaler, ts_window=self.ts_window,
-                                   ts_cutoff=self.ts_cutoff if self.ts_window else SamplerOptions.ts_cutoff)
+        if not self.ts_on:
+            return dataclasses.replace(base, eps_scaler=self.eps_scaler, eps_scaler_k=self.eps_scaler_k, ts_window=0,
+                                       ts_cutoff=SamplerOptions.ts_cutoff, ts_mode='clean')
+        return dataclasses.replace(base, eps_scaler=self.eps_scaler, eps_scaler_k=self.eps_scaler_k, ts_window=self.ts_window,
+                                   ts_cutoff=self.ts_cutoff, ts_mode=self.ts_mode)
 
 
-def parse_scalers(text):
-    """Scalers from '1,1.002,1.004' or 'start:stop:step' (stop included) or a mix; all > 0."""
+def _parse_values(text, option, positive):
+    """Values from '1,1.002,1.004' or 'start:stop:step' (stop included) or a mix."""
     values = []
     for item in [part.strip() for part in str(text).split(',') if part.strip()]:
         try:
             parts = [float(p) for p in item.split(':')]
         except ValueError:
-            raise ExposureError(f'invalid --eps_scaler list "{text}": "{item}" is not a number or start:stop:step') from None
+            raise ExposureError(f'invalid {option} list "{text}": "{item}" is not a number or start:stop:step') from None
         if not all(math.isfinite(p) for p in parts):
-            raise ExposureError(f'invalid --eps_scaler list "{text}": "{item}" is not finite')
+            raise ExposureError(f'invalid {option} list "{text}": "{item}" is not finite')
         if len(parts) == 3 and parts[2] > 0 and (parts[1] - parts[0]) / parts[2] >= MAX_POINTS:
-            raise ExposureError(f'invalid --eps_scaler range "{item}": more than {MAX_POINTS} values')
+            raise ExposureError(f'invalid {option} range "{item}": more than {MAX_POINTS} values')
         if len(parts) == 1:
             values.append(parts[0])
         elif len(parts) == 3 and parts[2] > 0 and parts[1] >= parts[0]:
             count = int(math.floor((parts[1] - parts[0]) / parts[2] + 1e-9)) + 1
             values.extend(parts[0] + n * parts[2] for n in range(count))
         else:
-            raise ExposureError(f'invalid --eps_scaler range "{item}": expected start:stop:step with stop >= start and step > 0')
-    values = list(dict.fromkeys(round(v, 10) for v in values))
+            raise ExposureError(f'invalid {option} range "{item}": expected start:stop:step with stop >= start and step > 0')
+    values = list(dict.fromkeys(round(v, 10) + 0.0 for v in values))  # + 0.0: -0.0 is 0
     if not values:
-        raise ExposureError(f'--eps_scaler "{text}" selects no values')
-    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+        raise ExposureError(f'{option} "{text}" selects no values')
+    bad = [v for v in values if positive and not v > 0]
     if bad:
-        raise ExposureError(f'--eps_scaler values must be positive, got {bad[0]:g}')
+        raise ExposureError(f'{option} values must be positive, got {bad[0]:g}')
     return values
 
 
+def parse_scalers(text):
+    """Scalers b from '1,1.002,1.004' or 'start:stop:step' (stop included) or a mix; all > 0."""
+    return _parse_values(text, '--eps_scaler', positive=True)
+
+
+def parse_slopes(text):
+    """Slopes k from '0,0.0025' or 'start:stop:step' (stop included) or a mix; any sign."""
+    return _parse_values(text, '--eps_scaler_k', positive=False)
+
+
 def parse_ts(text):
-    """Time-shift settings from 'off,10:1,20:0.5' (WINDOW:CUTOFF pairs; 'off' or '0' = no time shift)."""
+    """Time-shift settings from 'off,10:1,tsdpm:80:300': off (or 0), WINDOW:CUTOFF (this toolkit's
+    time shift, --ts_mode=clean: window in grid positions each side, cutoff a sigma) and
+    tsdpm:WINDOW:CUTOFF (TS-DPM-ADM's, DDIM only: the full width and an original timestep).
+    Returns (window, cutoff) tuples for off and clean, (window, cutoff, 'tsdpm') for tsdpm."""
     settings = []
     for item in [part.strip() for part in str(text).split(',') if part.strip()]:
         if item.lower() in ('off', '0'):
             settings.append((0, SamplerOptions.ts_cutoff))
             continue
+        fields = item.split(':')
+        mode = fields.pop(0).lower() if fields[0].lower() in ('clean', 'tsdpm') else 'clean'
         try:
-            window, cutoff = item.split(':')
+            window, cutoff = fields
             window, cutoff = int(window), float(cutoff)
         except ValueError:
-            raise ExposureError(f'invalid --ts "{text}": "{item}" is not off or WINDOW:CUTOFF (e.g. 10:1.0)') from None
+            raise ExposureError(f'invalid --ts "{text}": "{item}" is not off, WINDOW:CUTOFF (e.g. 10:1.0) '
+                                'or tsdpm:WINDOW:CUTOFF (e.g. tsdpm:80:300)') from None
+        if mode == 'tsdpm':
+            if window < 0 or not (cutoff >= 0 and cutoff == int(cutoff)):
+                raise ExposureError(f'invalid --ts "{item}": TS-DPM-ADM\'s window is a width >= 0 and its cutoff '
+                                    'an original timestep')
+            settings.append((window, float(cutoff), 'tsdpm'))
+            continue
         if window < 1 or not (cutoff >= 0 and math.isfinite(cutoff)):
             raise ExposureError(f'invalid --ts "{item}": the window must be at least 1 and the cutoff a sigma >= 0')
         settings.append((window, cutoff))
@@ -100,14 +143,14 @@ def parse_ts(text):
     return list(dict.fromkeys(settings))
 
 
-def grid_points(scalers, ts_settings):
-    """Every combination of scaler and time-shift setting, scalers varying fastest."""
-    return [GridPoint(b, w, c) for w, c in ts_settings for b in scalers]
+def grid_points(scalers, ts_settings, slopes=(0.0,)):
+    """Every combination of scaler b, time-shift setting and slope k; b varies fastest, then k."""
+    return [GridPoint(b, *ts, eps_scaler_k=k) for ts in ts_settings for k in slopes for b in scalers]
 
 
 def _sweep_record(network, seeds, class_idx, base, ref_path, detector_url):
     """What every point of a sweep folder shares; the grid itself may grow between runs."""
-    opts = {k: v for k, v in dataclasses.asdict(base).items() if k not in ('eps_scaler', 'ts_window', 'ts_cutoff')}
+    opts = {k: v for k, v in dataclasses.asdict(base).items() if k not in POINT_OPTIONS}
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
     return json.loads(json.dumps(dict(network=network, seeds=list(seeds), class_idx=class_idx, options=opts,
@@ -122,6 +165,10 @@ def _check_sweep_record(outdir, record):
                 old = json.load(f)
         except (OSError, ValueError) as err:
             raise ExposureError(f'cannot read {path}: {err}; use another --outdir') from None
+        if isinstance(old.get('options'), dict):
+            for key in ('eps_scaler_k', 'ts_mode'):  # shared by all points in folders made before they were per point
+                if old['options'].get(key) == getattr(SamplerOptions, key):
+                    del old['options'][key]
         changed = [key for key in record if old.get(key) != record[key]]
         if changed:
             raise ExposureError(f'{outdir} holds a sweep made with another {changed[0]}; use another --outdir')
@@ -150,7 +197,7 @@ def load_point(outdir, point):
 
 def finished_points(outdir):
     """(points, results, features) of every finished point in a sweep folder, ordered by time-shift
-    setting, then b."""
+    setting, then k, then b."""
     found = []
     folder = os.path.join(outdir, 'points')
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -162,7 +209,8 @@ def finished_points(outdir):
         done = load_point(outdir, point)
         if done is not None:
             found.append((point, *done))
-    found.sort(key=lambda item: (item[0].ts_window, item[0].ts_cutoff, item[0].eps_scaler))
+    found.sort(key=lambda item: (item[0].ts_mode == 'tsdpm', item[0].ts_window, item[0].ts_cutoff, item[0].eps_scaler_k,
+                                 item[0].eps_scaler))
     return [item[0] for item in found], [item[1] for item in found], [item[2] for item in found]
 
 
@@ -225,13 +273,14 @@ def bootstrap(features, ref, baseline=None, replicates=200, seed=0):
     return std, (scores - scores[baseline]).std(axis=1, ddof=1).tolist()
 
 
-SWEEP_COLUMNS = ('name', 'eps_scaler', 'ts_window', 'ts_cutoff', 'score', 'score_std', 'delta', 'delta_std', 'num_images')
+SWEEP_COLUMNS = ('name', 'eps_scaler', 'ts_window', 'ts_cutoff', 'score', 'score_std', 'delta', 'delta_std', 'num_images',
+                 'eps_scaler_k', 'ts_mode')
 
 
 def sweep_table(points, results, features, ref, replicates=200):
     """Rows of the sweep table: score, its bootstrap std, and the difference to the baseline point
-    (b = 1 without time shift, when in the grid) with its paired-bootstrap std."""
-    baseline = next((n for n, p in enumerate(points) if p.eps_scaler == 1 and not p.ts_window), None)
+    (b = 1, k = 0 without time shift, when in the grid) with its paired-bootstrap std."""
+    baseline = next((n for n, p in enumerate(points) if p.eps_scaler == 1 and not p.eps_scaler_k and not p.ts_on), None)
     sizes = {f.shape[0] for f in features}
     if len(sizes) != 1:
         raise ExposureError('the grid points hold different numbers of images; they must share the seeds')
@@ -240,9 +289,10 @@ def sweep_table(points, results, features, ref, replicates=200):
     for n, (point, result) in enumerate(zip(points, results)):
         delta = None if baseline is None else result['score'] - results[baseline]['score']
         rows.append(dict(name=point.name, eps_scaler=point.eps_scaler, ts_window=point.ts_window,
-                         ts_cutoff=point.ts_cutoff if point.ts_window else None, score=result['score'], score_std=std[n],
+                         ts_cutoff=point.ts_cutoff if point.ts_on else None, score=result['score'], score_std=std[n],
                          delta=delta, delta_std=None if baseline is None or n == baseline else delta_std[n],
-                         num_images=result['num_images']))
+                         num_images=result['num_images'], eps_scaler_k=point.eps_scaler_k,
+                         ts_mode=point.ts_mode if point.ts_on else None))
     return rows
 
 
@@ -256,14 +306,13 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
     if not points:
         raise ExposureError('the grid is empty')
     for point in points:
-        point.options(base).check()
+        check_network(net, point.options(base))
     generate.check_class(net, class_idx)
     ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
     detector = dist.leader_first(lambda: load_detector(detector_url, device=device), MetricError)
     record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
     dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
-    log(f'Sweep of {len(points)} points, {len(seeds)} images each, {base.solver} with {base.num_steps} steps '
-        f'({base.nfe} evaluations) into "{outdir}"')
+    log(f'Sweep of {len(points)} points, {len(seeds)} images each, {describe_sampler(base)} into "{outdir}"')
     for n, point in enumerate(points):
         done = load_point(outdir, point)
         if done is not None and done[0].get('num_images') == len(seeds):
@@ -284,7 +333,7 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
             f.write('\n')
         write_csv(os.path.join(outdir, 'sweep.csv'), SWEEP_COLUMNS, rows)
         plot_sweep(rows, os.path.join(outdir, 'sweep.png'), score_name=score_name,
-                   title=f'{base.solver}, {base.num_steps} steps ({base.nfe} NFE), {len(seeds)} images')
+                   title=f'{describe_sampler(base)}, {len(seeds)} images')
     dist.barrier()
     return rows
 
@@ -296,9 +345,12 @@ def format_sweep(rows, score_name='FD'):
             return '-'
         text = f'{value:+.4f}' if sign else f'{value:.4f}'
         return text + (f' +- {std:.4f}' if std is not None else '')
-    lines = [f'{"point":<24} {"b":>8}  {"time shift":<18} {score_name + " +- boot. std":<22} delta vs b=1 +- paired std']
+    slopes = any(r.get('eps_scaler_k') for r in rows)
+    k_head = f' {"k":>9}' if slopes else ''
+    lines = [f'{"point":<24} {"b":>8}{k_head}  {"time shift":<18} {score_name + " +- boot. std":<22} delta vs b=1 +- paired std']
     for r in rows:
-        ts = f'w{r["ts_window"]} c{r["ts_cutoff"]:g}' if r['ts_window'] else 'off'
-        lines.append(f'{r["name"]:<24} {r["eps_scaler"]:>8.5f}  {ts:<18} {pm(r["score"], r["score_std"]):<22} '
+        ts = ts_text(r['ts_window'], r['ts_cutoff'], r.get('ts_mode') or 'clean') if r['ts_cutoff'] is not None else 'off'
+        k = f' {r.get("eps_scaler_k", 0):>9.6f}' if slopes else ''
+        lines.append(f'{r["name"]:<24} {r["eps_scaler"]:>8.5f}{k}  {ts:<18} {pm(r["score"], r["score_std"]):<22} '
                      f'{pm(r["delta"], r["delta_std"], sign=True)}')
     return '\n'.join(lines)
