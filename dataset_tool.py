@@ -36,7 +36,7 @@ class ResolutionType(click.ParamType):
 
 
 @click.command(context_settings=dict(max_content_width=90, terminal_width=90))
-@click.option('--source', help='Input folder, ZIP, CIFAR-10 tarball, MNIST idx file or LMDB folder', metavar='PATH', type=str, required=True)
+@click.option('--source', help='Input folder, ZIP, .npz of images, CIFAR-10 tarball, MNIST idx file or LMDB folder', metavar='PATH', type=str, required=True)
 @click.option('--dest', help='Output .zip archive or folder (must not exist, or be empty)', metavar='PATH', type=str, required=True)
 @click.option('--max-images', help='Use only the first INT images of the source', metavar='INT', type=click.IntRange(min=1))
 @click.option('--transform', help='Crop before resizing (needs --resolution)', type=click.Choice(TRANSFORMS))
@@ -53,6 +53,8 @@ def main(source, dest, max_images, transform, resolution, workers):
                                        top-level subfolder names (one class each)
       archive.zip                      every image in the archive, sorted by name; labels
                                        from its dataset.json
+      samples.npz                      guided-diffusion's samples or reference batch: uint8
+                                       images [N, H, W, C] in arr_0, labels in arr_1 if any
       cifar-10-python.tar.gz           the training batches of a CIFAR-10 python tarball
                                        (any tar holding data_batch_N pickles), with labels
       *-images-idx3-ubyte[.gz]         an MNIST idx image file (train or t10k) with its

@@ -13,14 +13,13 @@ Weights are random (the CIFAR-10 net has guided-diffusion's published shapes).
 
 import os
 import statistics
-import time
 import sys
 
 import click
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_sampler import sync, time_sampler  # noqa: E402
+from bench.bench_sampler import time_calls, time_sampler  # noqa: E402
 from bench.options import bench_device  # noqa: E402
 from samplers import Sampler, SamplerOptions  # noqa: E402
 from samplers.discrete import grid_levels  # noqa: E402
@@ -80,13 +79,7 @@ def measure(net, options, batch, repeat, device):
     ratios, sample_times, forward_times = [], [], []
     seeds = list(range(batch))
     for r in range(repeat + 1):
-        with torch.inference_mode():
-            sync(device)
-            start = time.perf_counter()
-            for xs, sigma in calls:
-                net(xs, sigma, None, return_var_values=True)
-            sync(device)
-            t_fwd = time.perf_counter() - start
+        t_fwd = time_calls(net, [((xs, sigma, None), dict(return_var_values=True)) for xs, sigma in calls], device)
         t_sample = time_sampler(sampler, net, seeds, device)
         if r > 0:
             ratios.append(t_sample / t_fwd)

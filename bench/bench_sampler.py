@@ -109,15 +109,20 @@ def time_sampler(sampler, net, seeds, device):
     return time.perf_counter() - start
 
 
-def time_forwards(net, x, labels, sigmas, device):
-    """Seconds for one forward per level in `sigmas`, called as the solver calls the network."""
+def time_calls(fn, calls, device):
+    """Seconds for fn(*args, **kwargs) for each (args, kwargs) in `calls`, under inference_mode."""
     with torch.inference_mode():
         sync(device)
         start = time.perf_counter()
-        for sigma in sigmas:
-            net(x, sigma, labels)
+        for args, kwargs in calls:
+            fn(*args, **kwargs)
         sync(device)
         return time.perf_counter() - start
+
+
+def time_forwards(net, x, labels, sigmas, device):
+    """Seconds for one forward per level in `sigmas`, called as the solver calls the network."""
+    return time_calls(net, [((x, sigma, labels), {}) for sigma in sigmas], device)
 
 
 def measure(net, options, batch, repeat, device):

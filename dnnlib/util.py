@@ -159,20 +159,7 @@ def parse_int_ranges(s: Any) -> IntRanges:
                 pieces.append([v, v + 1])
         return IntRanges(pieces)
     else:
-        text = str(s).strip()
-        if not text:
-            raise ValueError('empty list')
-        items = []
-        for item in text.split(','):
-            item = item.strip()
-            m = re.fullmatch(r'(-?\d+)(?:\s*-\s*(-?\d+))?', item)
-            if m is None:
-                raise ValueError(f'"{item}" is not an integer or a range like 0-9')
-            lo = int(m.group(1))
-            hi = lo if m.group(2) is None else int(m.group(2))
-            if hi < lo:
-                raise ValueError(f'range "{item}" is empty (end before start)')
-            items.append((lo, hi + 1))
+        items = [(lo, hi + 1) for _, lo, hi in _int_list_items(s)]
     pieces, covered = [], []        # covered: sorted disjoint [lo, hi) of the numbers seen so far
     for lo, hi in items:
         i = bisect.bisect_left(covered, (lo,))
@@ -195,10 +182,20 @@ def parse_int_list(s: Any) -> List[int]:
     """Parse '1,5,9', '0-9' or '0-9,100-109' (or pass a list through) into a list of ints."""
     if isinstance(s, (list, tuple)):
         return [int(v) for v in s]
+    values = []
+    for item, lo, hi in _int_list_items(s):
+        if hi - lo >= 1 << 24:
+            raise ValueError(f'range "{item}" is too long for a list (at most {1 << 24} numbers)')
+        values.extend(range(lo, hi + 1))
+    return values
+
+
+def _int_list_items(s: Any) -> List[tuple]:
+    """[(text, lo, hi)] of the items of '1,5,9', '0-9' or '0-9,100-109' (hi inclusive)."""
     text = str(s).strip()
     if not text:
         raise ValueError('empty list')
-    values = []
+    items = []
     for item in text.split(','):
         item = item.strip()
         m = re.fullmatch(r'(-?\d+)(?:\s*-\s*(-?\d+))?', item)
@@ -208,10 +205,8 @@ def parse_int_list(s: Any) -> List[int]:
         hi = lo if m.group(2) is None else int(m.group(2))
         if hi < lo:
             raise ValueError(f'range "{item}" is empty (end before start)')
-        if hi - lo >= 1 << 24:
-            raise ValueError(f'range "{item}" is too long for a list (at most {1 << 24} numbers)')
-        values.extend(range(lo, hi + 1))
-    return values
+        items.append((item, lo, hi))
+    return items
 
 #----------------------------------------------------------------------------
 # Atomic file writes: readers never see a half-written file.

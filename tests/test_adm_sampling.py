@@ -457,3 +457,17 @@ def test_the_seeds_ts_dpm_command_runs_verbatim(tmp_path):
     assert res.returncode == 0, res.stderr
     with np.load(tmp_path / 'out' / 'samples_2x32x32x3.npz') as data:
         assert data['arr_0'].shape == (2, 32, 32, 3)
+
+
+def test_image_sample_one_or_two_processes_give_the_same_file(tmp_path, checkpoints):
+    def torchrun(nproc, out):
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+               os.path.join(ROOT, 'image_sample.py'), f'--model_path={checkpoints["pt"]}', *flags_args(checkpoints['flags']),
+               '--timestep_respacing', '6', '--num_samples', '5', '--batch_size', '2', '--device', 'cpu', '--out_dir', str(out)]
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count('Wrote ') == 1  # one summary line, from rank 0
+        with np.load(out / 'samples_5x16x16x3.npz') as data:
+            return data['arr_0']
+    two, one = torchrun(2, tmp_path / 'two'), torchrun(1, tmp_path / 'one')
+    assert np.array_equal(one, two) and os.listdir(tmp_path / 'two') == ['samples_5x16x16x3.npz']

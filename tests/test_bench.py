@@ -38,6 +38,15 @@ def test_bench_sampler_prints_ratios():
         assert ratio > 0 and best > 0 and solver_ms > 0 and estimate > 1
 
 
+def test_bench_adm_sampler_prints_ratios():
+    out = invoke('bench_adm_sampler', ['--net=tiny', '--batch=2', '--steps=3', '--repeat=1'])
+    rows = [line.split() for line in out.splitlines() if re.match(r'^(ddpm|ddim)\b', line)]
+    assert [' '.join(row[:-6]) for row in rows] == ['ddpm', 'ddim', 'ddpm ES', 'ddim ES', 'ddpm TS', 'ddim TS', 'ddim tsdpm']
+    for row in rows:
+        nfe, ratio, solver_ms, estimate = int(row[-6]), float(row[-3]), float(row[-2]), float(row[-1])
+        assert nfe == 3 and ratio > 0 and solver_ms > 0 and estimate > 1
+
+
 def test_bench_sampler_rejects_unknown_variant():
     result = CliRunner().invoke(load_bench('bench_sampler').main, ['--net=tiny', '--variants=rk4'])
     assert result.exit_code != 0 and 'selects none' in result.output

@@ -421,3 +421,29 @@ def test_cli_writes_what_the_library_writes(tmp_path, mixed_folder):
                                               progress=False)
     assert summary['images'] == 3 and (tmp_path / 'cli.zip').read_bytes() == (tmp_path / 'lib.zip').read_bytes()
     assert dataset_tool.DatasetToolError is dataset_convert.DatasetToolError
+
+
+def test_npz_samples_and_reference_batches_convert(tmp_path):
+    # guided-diffusion's sample files: uint8 NHWC in arr_0, labels in arr_1; the same images as a
+    # folder give the same dataset, byte for byte, with the labels of arr_1.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / 'samples_5x8x8x3.npz', images, np.array([3, 0, 1, 1, 2]))
+    convert_dataset(str(tmp_path / 'samples_5x8x8x3.npz'), str(tmp_path / 'a.zip'), workers=1, progress=False)
+    with zipfile.ZipFile(tmp_path / 'a.zip') as zf:
+        labels = json.loads(zf.read('dataset.json'))['labels']
+        assert [label for _, label in labels] == [3, 0, 1, 1, 2]
+        got = [np.asarray(PIL.Image.open(io.BytesIO(zf.read(name)))) for name, _ in labels]
+    assert all(np.array_equal(a, b) for a, b in zip(got, images))
+    np.savez_compressed(tmp_path / 'grey.npz', images[..., 0])  # [N, H, W] grey, compressed, no labels
+    convert_dataset(str(tmp_path / 'grey.npz'), str(tmp_path / 'b.zip'), workers=1, progress=False)
+    with zipfile.ZipFile(tmp_path / 'b.zip') as zf:
+        assert json.loads(zf.read('dataset.json'))['labels'] is None
+        assert np.array_equal(np.asarray(PIL.Image.open(io.BytesIO(zf.read('00000/img00000004.png')))), images[4, ..., 0])
+    np.savez(tmp_path / 'bad.npz', images, np.array([3, 0, -1, 1, 2]))
+    with pytest.raises(DatasetToolError, match='arr_1 must hold 5 integer labels'):
+        convert_dataset(str(tmp_path / 'bad.npz'), str(tmp_path / 'c.zip'), workers=1, progress=False)
+    np.savez(tmp_path / 'float.npz', images.astype(np.float32))
+    with pytest.raises(DatasetToolError, match='images must be uint8'):
+        convert_dataset(str(tmp_path / 'float.npz'), str(tmp_path / 'd.zip'), workers=1, progress=False)
+    assert not (tmp_path / 'c.zip').exists() and not (tmp_path / 'd.zip').exists()

@@ -247,6 +247,31 @@ class ArraySource(ImageSource):
         return self.images[idx]
 
 
+class NpzSource(ImageSource):
+    """guided-diffusion's sample files and reference batches: uint8 images [N, H, W, C] in
+    arr_0 (read one at a time, sizes checked against the file), class labels in arr_1 if any."""
+
+    def __init__(self, path: str):
+        from metrics import npz  # metrics/npz.py reads .npz files without unpickling or trusting headers
+        try:
+            self.dataset = npz.NpzImageDataset(path)
+            arrays = npz.inspect_npz(path)
+            labels = npz.read_array(path, arrays['arr_1']) if 'arr_1' in arrays else None
+        except npz.MetricError as err:
+            raise DatasetToolError(str(err)) from None
+        n = len(self.dataset)
+        if labels is not None:
+            if labels.shape != (n,) or labels.dtype.kind not in 'iu' or (n and not 0 <= labels.min() <= labels.max() < LABEL_LIMIT):
+                raise DatasetToolError(f'{path}: arr_1 must hold {n} integer labels from 0 to {LABEL_LIMIT - 1}, '
+                                       f'not {labels.dtype} {list(labels.shape)}')
+            labels = [int(x) for x in labels]
+        super().__init__([f'arr_0[{i}]' for i in range(n)], labels if labels is not None else [None] * n)
+
+    def load(self, idx: int) -> np.ndarray:
+        image = self.dataset._load_raw_image(idx)  # pylint: disable=protected-access  [C, H, W]
+        return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
 class LmdbSource(ImageSource):
     """LSUN-style LMDB: one encoded image per value, in key order; no labels. Needs `pip install lmdb`."""
 
@@ -413,10 +438,12 @@ def open_source(source: str, max_images: Optional[int] = None) -> ImageSource:
             src = open_mnist(source)
         elif source.lower().endswith('.zip'):
             src = ZipSource(source)
+        elif source.lower().endswith('.npz'):
+            src = NpzSource(source)
         elif tarfile.is_tarfile(source):
             src = open_cifar10(source)
         else:
-            raise DatasetToolError(f'unrecognised source file {source}: expected a .zip, a CIFAR-10 tarball or an MNIST idx file')
+            raise DatasetToolError(f'unrecognised source file {source}: expected a .zip, an .npz of images, a CIFAR-10 tarball or an MNIST idx file')
     else:
         raise DatasetToolError(f'source not found: {source}')
     if len(src) == 0:
