@@ -17,7 +17,7 @@ import torch
 import tqdm
 
 import dnnlib
-from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels, sigma_range
+from samplers import SOLVERS, Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels, sigma_range
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
@@ -281,7 +281,8 @@ SAMPLER_OPTIONS = dict(
     S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
     S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
     S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
-    solver=click.option('--solver', help='ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']), default='heun', show_default=True),
+    solver=click.option('--solver', help='ODE solver (docs/solvers.md)', metavar='|'.join(SOLVERS), type=click.Choice(list(SOLVERS)), default='heun', show_default=True),
+    order=click.option('--order', help='Order of --solver=dpmsolver|deis  [default: 3]', metavar='1|2|3', type=int),
     disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
     schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
     scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),

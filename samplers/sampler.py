@@ -6,6 +6,7 @@ read here once. The defaults reproduce NVIDIA's EDM `generate.py`: its `edm_samp
 """
 
 import dataclasses
+import functools
 import math
 from typing import Optional
 
@@ -26,7 +27,8 @@ class SamplerOptions:
     sigma_min: Optional[float] = None       # Lowest level; None = EDM's default for `disc`.
     sigma_max: Optional[float] = None       # Highest level; None = EDM's default for `disc`.
     rho: float = 7                          # Exponent of the EDM discretization.
-    solver: str = 'heun'                    # 'euler' or 'heun'.
+    solver: str = 'heun'                    # A name in solvers.SOLVERS (docs/solvers.md).
+    order: Optional[int] = None             # dpmsolver and deis: 1, 2 or 3; None = 3.
     disc: str = 'edm'                       # Discretization: 'edm', 'vp', 've', 'iddpm'.
     schedule: str = 'linear'                # Noise schedule sigma(t): 'linear', 'vp', 've'.
     scaling: str = 'none'                   # Signal scaling s(t): 'none', 'vp'.
@@ -43,7 +45,12 @@ class SamplerOptions:
     @property
     def nfe(self):
         """Network evaluations per image."""
-        return 2 * self.num_steps - 1 if self.solver == 'heun' else self.num_steps
+        return solvers.evaluations(self.solver, self.num_steps)
+
+    @property
+    def solver_order(self):
+        """The order that dpmsolver and deis run with."""
+        return 3 if self.order is None else self.order
 
     def check(self):
         """Raise SamplerOptionError for options that no network can sample with."""
@@ -52,6 +59,7 @@ class SamplerOptions:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise SamplerOptionError(f'--{name} must be one of {"|".join(allowed)}, not "{getattr(self, name)}"')
+        self._check_solver()
         if self.num_steps < 2:
             hint = ' (Heun with 1 step would be a single Euler step)' if self.solver == 'heun' else ''
             raise SamplerOptionError(f'--steps must be at least 2, got {self.num_steps}{hint}')
@@ -75,6 +83,21 @@ class SamplerOptions:
             raise SamplerOptionError(f'--ts_cutoff must not be negative, got {self.ts_cutoff:g}')
         if self.ts_signal_var is not None and self.ts_signal_var < 0:
             raise SamplerOptionError(f'--ts_signal_var must not be negative, got {self.ts_signal_var:g}')
+
+
+    def _check_solver(self):
+        if self.order is not None:
+            if self.solver not in solvers.WITH_ORDER:
+                raise SamplerOptionError(f'--order applies to --solver={"|".join(solvers.WITH_ORDER)}, not to {self.solver}')
+            if self.order not in (1, 2, 3):
+                raise SamplerOptionError(f'--order must be 1, 2 or 3, got {self.order}')
+        if self.solver in solvers.WITH_CHURN:
+            return
+        if self.S_churn > 0:
+            raise SamplerOptionError(f'--S_churn applies to --solver={"|".join(solvers.WITH_CHURN)}; {self.solver} is deterministic')
+        if self.schedule != 'linear' or self.scaling != 'none':
+            raise SamplerOptionError(f'--schedule and --scaling apply to --solver={"|".join(solvers.WITH_CHURN)}; '
+                                     f'{self.solver} integrates in log(sigma) and takes neither')
 
 
 def sigma_range(net, options):
@@ -105,6 +128,9 @@ class Sampler:
         sigma_min, sigma_max = sigma_range(net, options)
         levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)
         self.sigmas = schedules.with_zero(net.round_sigma(levels))
+        if options.solver not in solvers.WITH_CHURN and not bool((self.sigmas[1:] < self.sigmas[:-1]).all()):
+            raise SamplerOptionError(f'--solver={options.solver} needs distinct noise levels, but {options.num_steps} steps '
+                                     'repeat levels after rounding to the network\'s; use fewer --steps')
         self.ode = schedules.time_param(options.schedule, options.scaling, sigma_min, sigma_max)
         self.churn = solvers.Churn(options.S_churn, options.S_min, options.S_max, options.S_noise, net.round_sigma)
         self.net = prepare_network(net, fast, device)
@@ -118,6 +144,8 @@ class Sampler:
                 signal_var = getattr(net, 'sigma_data', 0.5) ** 2
             self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, signal_var)
         self.solver = solvers.SOLVERS[options.solver]
+        if options.solver in solvers.WITH_ORDER:
+            self.solver = functools.partial(self.solver, order=options.solver_order)
 
     def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
         """Images [N, C, H, W] float64, roughly in [-1, 1]."""
