@@ -281,7 +281,7 @@ SAMPLER_OPTIONS = dict(
     S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
     S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
     S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=float, default=1, show_default=True),
-    solver=click.option('--solver', help='ODE solver (docs/solvers.md)', metavar='|'.join(SOLVERS), type=click.Choice(list(SOLVERS)), default='heun', show_default=True),
+    solver=click.option('--solver', help=f'ODE solver: {", ".join(SOLVERS)} (docs/solvers.md)', metavar='NAME', type=click.Choice(list(SOLVERS)), default='heun', show_default=True),
     order=click.option('--order', help='Order of --solver=dpmsolver|deis  [default: 3]', metavar='1|2|3', type=int),
     disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
     schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),

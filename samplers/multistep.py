@@ -20,6 +20,8 @@ One loop (`_integrate`) is shared by all of them:
 The state is float64; the solvers are deterministic and draw no noise.
 """
 
+import functools
+
 import numpy as np
 import torch
 
@@ -197,22 +199,26 @@ def vp_time(sigma):
     return _VP_TIME.sigma_inv(sigma)
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(n, device):
+    """Nodes and weights of n-point Gauss-Legendre quadrature on [-1, 1], float64 on `device`."""
+    return tuple(torch.as_tensor(a, dtype=torch.float64, device=device) for a in np.polynomial.legendre.leggauss(n))
+
+
 def deis_coefficients(sigma, sigma_next, nodes):
     """[C_j] for the Lagrange basis on the times `nodes` (newest first), each of sigma's shape."""
     if len(nodes) == 1:
         return [sigma_next - sigma]  # DDIM
-    xi, w = (torch.as_tensor(a, dtype=torch.float64, device=sigma.device) for a in np.polynomial.legendre.leggauss(DEIS_QUADRATURE_NODES))
-    mid, half = (0.5 * (sigma + sigma_next))[..., None], (0.5 * (sigma_next - sigma))[..., None]
-    t = vp_time(mid + half * xi)   # [..., Q]
-    nodes = [node[..., None] for node in nodes]
-    coefficients = []
-    for j, t_j in enumerate(nodes):
-        basis = torch.ones_like(t)
-        for m, t_m in enumerate(nodes):
-            if m != j:
-                basis = basis * (t - t_m) / (t_j - t_m)
-        coefficients.append((half * w * basis).sum(dim=-1))
-    return coefficients
+    xi, w = _gauss_legendre(DEIS_QUADRATURE_NODES, sigma.device)
+    half = 0.5 * (sigma_next - sigma)
+    t = vp_time((0.5 * (sigma + sigma_next))[..., None] + half[..., None] * xi)  # [..., Q]
+    t_nodes = torch.stack(torch.broadcast_tensors(*nodes))[..., None]            # [k, ..., 1]
+    k = len(nodes)
+    others = torch.tensor([[m for m in range(k) if m != j] for j in range(k)], device=t.device)  # [k, k - 1]
+    # l_j(t) = prod_{m != j} (t - t_m) / (t_j - t_m), all j at once.
+    numerators = (t - t_nodes)[others].prod(dim=1)                                # [k, ..., Q]
+    denominators = (t_nodes[:, None] - t_nodes[others]).prod(dim=1)              # [k, ..., 1]
+    return list((numerators / denominators * w).sum(dim=-1) * half)
 
 
 def _deis_step(order):

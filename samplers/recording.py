@@ -8,6 +8,7 @@ Heun, the correction (samplers/solvers.py evaluates them in that order).
 import torch
 
 from .denoisers import StepDependent, at_step
+from .sampler import SamplerOptionError
 from .schedules import per_sample
 
 EULER, CORRECTION = 'euler', 'correction'
@@ -15,7 +16,10 @@ EULER, CORRECTION = 'euler', 'correction'
 
 def evaluation_layout(num_steps, solver):
     """[(step i, 'euler' | 'correction')] in the order the solver evaluates the network:
-    Euler at every step, Heun's correction at every step but the last."""
+    Euler at every step, Heun's correction at every step but the last. Defined for Euler and
+    Heun only (SamplerOptionError otherwise)."""
+    if solver not in ('euler', 'heun'):
+        raise SamplerOptionError(f'epsilon norms are recorded for --solver=euler|heun, not {solver}')
     layout = []
     for i in range(num_steps):
         layout.append((i, EULER))
