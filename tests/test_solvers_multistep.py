@@ -331,7 +331,7 @@ def test_options_nfe_and_order():
     assert SamplerOptions(solver='deis').solver_order == 3 and SamplerOptions(solver='deis', order=1).solver_order == 1
 
 
-def test_sampler_refuses_levels_that_round_to_the_same(net):
+def test_sampler_refuses_levels_that_round_to_the_same():
     iddpm = tiny_net('iDDPMPrecond')
     with pytest.raises(SamplerOptionError, match='distinct noise levels'):
         Sampler(iddpm, SamplerOptions(num_steps=1200, solver='dpmpp2m', disc='edm'))
@@ -358,7 +358,7 @@ def test_images_do_not_depend_on_the_batch(tmp_path, net, name, extra):
     (['--solver=deis', '--S_churn=5'], '--S_churn applies to --solver=euler|heun; deis is deterministic'),
     (['--solver=spndm', '--scaling=vp'], '--schedule and --scaling apply to --solver=euler|heun'),
 ])
-def test_one_line_errors(tmp_path, net, args, message):
+def test_one_line_errors(tmp_path, args, message):
     result = CliRunner().invoke(generate.main, [f'--outdir={tmp_path / "out"}', *args], prog_name='generate.py')
     assert result.exit_code == 1 and result.output.startswith('Error: ') and result.output.count('\n') == 1, result.output
     assert message in result.output
