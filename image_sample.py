@@ -14,7 +14,7 @@ import os
 
 import click
 
-from samplers import SamplerOptionError, SamplerOptions
+from samplers import SOLVERS, SamplerOptionError, SamplerOptions
 from samplers.fast import FastPathError, FastPaths
 from samplers.jobs import JobError, sample_to_npz
 from samplers.sampler import check_network
@@ -54,6 +54,8 @@ SAMPLING_FLAGS = dict(
     num_classes=(None, 'Class count of a conditional model  [default: the checkpoint\'s]'),
     device=(None, 'Torch device  [default: this rank\'s GPU, else cpu]'),
     resume=(True, 'Reuse the finished batches of a killed run with the same options'),
+    solver=(None, 'Another solver over the same respaced timesteps (dpmpp2m, deis, ...; docs/solvers.md)  [default: ddpm/ddim]'),
+    order=(None, 'Order of --solver dpmsolver|deis  [default: 3]'),
 )
 HIDDEN_FLAGS = ('gpu_id', 'data_type', 'model_type', 'data_dir', 'classifier_path', 'classifier_scale', 'lr',
                 'microbatch', 'ema_rate', 'log_interval', 'save_interval', 'resume_checkpoint', 'schedule_sampler',
@@ -62,7 +64,7 @@ HIDDEN_FLAGS = ('gpu_id', 'data_type', 'model_type', 'data_dir', 'classifier_pat
 
 
 # Types of the flags whose guided-diffusion type (that of the default) is too loose.
-TYPES = dict(model_path=str, num_classes=click.IntRange(min=1), device=cli.DEVICE, seed=click.IntRange(min=0),
+TYPES = dict(solver=click.Choice([*SOLVERS, 'ddpm', 'ddim']), order=click.IntRange(min=1, max=3), model_path=str, num_classes=click.IntRange(min=1), device=cli.DEVICE, seed=click.IntRange(min=0),
              num_samples=click.IntRange(min=1), batch_size=click.IntRange(min=1, max=cli.MAX_BATCH))
 
 
@@ -88,8 +90,10 @@ def adm_flag_options(fn):
 
 def sampler_options(values):
     """SamplerOptions of the guided-diffusion sampling flags."""
-    return SamplerOptions(solver='ddim' if values['use_ddim'] else 'ddpm', respacing=values['timestep_respacing'],
-                          eta=values['eta'], clip_denoised=values['clip_denoised'], eps_scaler=values['eps_scaler'],
+    solver = values['solver'] or ('ddim' if values['use_ddim'] else 'ddpm')
+    discrete_only = dict(eta=values['eta'], clip_denoised=values['clip_denoised']) if solver in ('ddpm', 'ddim') else {}
+    return SamplerOptions(solver=solver, order=values['order'], respacing=values['timestep_respacing'], **discrete_only,
+                          eps_scaler=values['eps_scaler'],
                           eps_scaler_k=values['eps_scaler_k'], ts_mode='tsdpm' if values['do_time_shift'] else 'clean',
                           ts_window=values['window'] if values['do_time_shift'] else 0,
                           ts_cutoff=values['cutoff'] if values['do_time_shift'] else SamplerOptions.ts_cutoff)

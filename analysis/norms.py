@@ -139,7 +139,11 @@ def _training_norms(sampler, net, dataset, labels, pool, batch, layout, device):
         n = noise.randn(list(x0.shape))
         recorder = EpsNormRecorder(unscaled_denoiser(sampler))
         run_one_step(sampler, recorder, x0, n, i, onehot, noise.randn_like)
-        step_norms, _sigmas = _columns({(i, call): value for (_step, call), value in recorder.take().items()}, layout, len(batch))
+        # The step runs from a noised training image, with no history: a multistep solver may make
+        # its warm-up evaluations there; only the evaluations its sampling run makes at step i count.
+        index = evaluation_index(layout)
+        records = {(i, call): value for (_step, call), value in recorder.take().items() if (i, call) in index}
+        step_norms, _sigmas = _columns(records, layout, len(batch))
         done = ~step_norms.isnan()
         norms[done] = step_norms[done]
     return norms

@@ -4,11 +4,13 @@
     python bench/bench_sampler.py --net=cifar10 --batch=4 --steps=4 --repeat=5
     python bench/bench_sampler.py --net=tiny --profile             # where the time goes
     python bench/bench_sampler.py --device=cuda --net=cifar10 --batch=256 --steps=18
+    python bench/bench_sampler.py --net=tiny --variants=spndm,fpndm,dpmsolver,dpmpp2m,deis,deis\ ES,deis\ TS
 
 The sampler is called exactly as generate.py calls it (Sampler, SamplerOptions, SeedNoise,
 latents_and_labels). In every repeat the network forward is timed NFE times on the same
-inputs the solver gives it (float64 state, 0-dim float64 sigma, the same labels, under
-torch.inference_mode as the sampler), then the sampler runs once; the ratio of the two sums is 1 when the solver, epsilon scaling
+inputs the solver gives it (float64 state, the levels the solver evaluates at, recorded in a
+run with a network that does nothing, the same labels, under torch.inference_mode as the
+sampler), then the sampler runs once; the ratio of the two sums is 1 when the solver, epsilon scaling
 and time shift cost nothing next to the network. Weights are random: speed does not depend
 on them.
 
@@ -52,6 +54,15 @@ VARIANTS = [
     ('heun ES', dict(solver='heun', eps_scaler=1.005)),
     ('euler TS', dict(solver='euler', ts_window=5)),
     ('heun TS', dict(solver='heun', ts_window=5)),
+    ('spndm', dict(solver='spndm')),
+    ('fpndm', dict(solver='fpndm')),
+    ('dpmsolver', dict(solver='dpmsolver')),
+    ('dpmpp2m', dict(solver='dpmpp2m')),
+    ('deis', dict(solver='deis')),
+    ('fpndm ES', dict(solver='fpndm', eps_scaler=1.005)),
+    ('deis ES', dict(solver='deis', eps_scaler=1.005)),
+    ('dpmpp2m TS', dict(solver='dpmpp2m', ts_window=5)),
+    ('deis TS', dict(solver='deis', ts_window=5)),
 ]
 
 
@@ -100,6 +111,25 @@ class NullNet(torch.nn.Module):
         return x.to(torch.float32)
 
 
+class LevelRecorder(NullNet):
+    """A NullNet that keeps the sigma of every call."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.levels = []
+
+    def forward(self, x, sigma, class_labels=None):
+        self.levels.append(torch.as_tensor(sigma).clone())
+        return super().forward(x, sigma, class_labels)
+
+
+def evaluation_levels(net, options, seeds, device):
+    """The sigma of every network evaluation of one sampler run (one per NFE)."""
+    recorder = LevelRecorder(net)
+    time_sampler(Sampler(recorder, options, device=device), net, seeds, device)
+    return recorder.levels
+
+
 def time_sampler(sampler, net, seeds, device):
     latents, labels, noise = draw(net, seeds, device)
     sync(device)
@@ -133,11 +163,9 @@ def measure(net, options, batch, repeat, device):
     seeds = list(range(batch))
     latents, labels, _ = draw(net, seeds, device)
     x = latents.to(torch.float64) * float(sampler.sigmas[0])
-    # The levels the network sees, one per evaluation (Heun: twice per step but the last).
-    levels = sampler.sigmas[:-1].to(torch.float64)
-    sigmas = [levels[i] for i in range(len(levels))]
-    sigmas += [levels[i] for i in range(1, len(levels))] if options.solver == 'heun' else []
-    assert len(sigmas) == options.nfe
+    # The levels the network sees, one per evaluation.
+    sigmas = evaluation_levels(net, options, seeds, device)
+    assert len(sigmas) == options.nfe, (len(sigmas), options.nfe)
     ratios, sample_times, forward_times = [], [], []
     for r in range(repeat + 1):
         t_fwd = time_forwards(net, x, labels, sigmas, device)
@@ -178,7 +206,7 @@ def profile(net, options, batch, top, device):
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch intra-op threads  [default: torch\'s]')
 @click.option('--profile', 'do_profile', is_flag=True, help='Also print a cProfile of one run per variant')
 def main(device_name, net_names, batch, steps, repeat, variants, threads, do_profile):
-    """Print the sampler overhead ratio for Euler/Heun with and without ES and TS."""
+    """Print the sampler overhead ratio for every solver, with and without ES and TS."""
     device = bench_device(device_name, threads)
     chosen = [v for v in VARIANTS if v[0] in variants.split(',')]
     if not chosen:

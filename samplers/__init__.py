@@ -1,7 +1,8 @@
 """How to integrate: EDM's Euler/Heun samplers with churn, epsilon scaling and time shift.
 
 - `schedules`: noise levels (edm, vp, ve, iddpm) and time parametrizations sigma(t), s(t).
-- `solvers`: `sample_euler`, `sample_heun` (one signature), stochastic churn.
+- `solvers`: `sample_euler`, `sample_heun` (one signature), stochastic churn; `SOLVERS`, every solver by name.
+- `multistep`: the few-step solvers S-PNDM, F-PNDM, DPM-Solver, DPM-Solver++(2M), DEIS (docs/solvers.md).
 - `denoisers`: the denoiser interface and wrappers (epsilon scaling).
 - `time_shift`: the time-shift step helper.
 - `noise`: per-seed random numbers in EDM's order.

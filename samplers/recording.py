@@ -20,13 +20,23 @@ from .solvers import NO_CHURN
 
 EULER, CORRECTION, DDPM, DDIM = 'euler', 'correction', 'ddpm', 'ddim'
 
+MIDPOINT = 'midpoint'
+
 # The evaluations of step i of N for each solver, in the order the solver makes them, as
-# (kind, level): level 0 is the step's starting level sigma_i, 1 its end sigma_{i+1}.
+# (kind, level): level 0 is the step's starting level sigma_i, 1 its end sigma_{i+1}, 0.5 the
+# midpoint (sigma_i + sigma_{i+1}) / 2. Every solver's last step is one evaluation at sigma_i.
 EVALUATIONS = dict(
     euler=lambda i, n: [(EULER, 0)],
     heun=lambda i, n: [(EULER, 0)] + ([(CORRECTION, 1)] if i < n - 1 else []),  # no correction on the last step
     ddpm=lambda i, n: [(DDPM, 0)],
     ddim=lambda i, n: [(DDIM, 0)],
+    # S-PNDM: a pseudo improved Euler first step, then one evaluation per step (samplers/multistep.py).
+    spndm=lambda i, n: [(EULER, 0)] + ([(CORRECTION, 1)] if i == 0 < n - 1 else []),
+    # F-PNDM: pseudo Runge-Kutta (RK4) in the first three steps, then one evaluation per step.
+    fpndm=lambda i, n: [(EULER, 0)] + ([(MIDPOINT, 0.5), (MIDPOINT, 0.5), (CORRECTION, 1)] if i < min(3, n - 1) else []),
+    dpmsolver=lambda i, n: [(EULER, 0)],
+    dpmpp2m=lambda i, n: [(EULER, 0)],
+    deis=lambda i, n: [(EULER, 0)],
 )
 
 
@@ -49,7 +59,8 @@ def evaluation_layout(num_steps, solver):
 
 def evaluation_levels(levels, solver):
     """The scheduled sigma of every evaluation, from the N + 1 step levels (step_levels())."""
-    return [levels[i + level] for i, _kind, level in _evaluations(len(levels) - 1, solver)]
+    return [levels[i] + level * (levels[i + 1] - levels[i]) if level == 0.5 else levels[i + level]
+            for i, _kind, level in _evaluations(len(levels) - 1, solver)]
 
 
 def evaluation_index(layout):

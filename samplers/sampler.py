@@ -8,6 +8,7 @@ discrete-time (ADM) networks.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Optional
 
@@ -31,7 +32,8 @@ class SamplerOptions:
     sigma_min: Optional[float] = None       # Lowest level; None = EDM's default for `disc`.
     sigma_max: Optional[float] = None       # Highest level; None = EDM's default for `disc`.
     rho: float = 7                          # Exponent of the EDM discretization.
-    solver: str = 'heun'                    # 'euler', 'heun'; 'ddpm', 'ddim' for discrete (ADM) networks.
+    solver: str = 'heun'                    # A name in solvers.SOLVERS (docs/solvers.md); 'ddpm', 'ddim' for ADM networks.
+    order: Optional[int] = None             # dpmsolver and deis: 1, 2 or 3; None = 3.
     disc: str = 'edm'                       # Discretization: 'edm', 'vp', 've', 'iddpm'.
     schedule: str = 'linear'                # Noise schedule sigma(t): 'linear', 'vp', 've'.
     scaling: str = 'none'                   # Signal scaling s(t): 'none', 'vp'.
@@ -64,12 +66,25 @@ class SamplerOptions:
     def nfe(self):
         """Network evaluations per image (None when it depends on the network: respacing '')."""
         if self.discrete:
-            text = self.timestep_respacing.strip()
-            try:
-                return int(text[4:]) if text.startswith('ddim') else sum(int(n) for n in text.split(','))
-            except ValueError:
+            return self._respaced_count()
+        steps = self.num_steps
+        if self.respacing is not None:
+            steps = self._respaced_count()
+            if steps is None:
                 return None
-        return 2 * self.num_steps - 1 if self.solver == 'heun' else self.num_steps
+        return solvers.evaluations(self.solver, steps)
+
+    def _respaced_count(self):
+        text = self.timestep_respacing.strip()
+        try:
+            return int(text[4:]) if text.startswith('ddim') else sum(int(n) for n in text.split(','))
+        except ValueError:
+            return None
+
+    @property
+    def solver_order(self):
+        """The order that dpmsolver and deis run with."""
+        return 3 if self.order is None else self.order
 
     def check(self):
         """Raise SamplerOptionError for options that no network can sample with."""
@@ -79,7 +94,8 @@ class SamplerOptions:
             if getattr(self, name) not in allowed:
                 raise SamplerOptionError(f'--{name} must be one of {"|".join(allowed)}, not "{getattr(self, name)}"')
         self._check_discrete()
-        if self.num_steps < 2 and not (self.discrete and self.respacing is not None):
+        self._check_solver()
+        if self.num_steps < 2 and self.respacing is None:
             hint = ' (Heun with 1 step would be a single Euler step)' if self.solver == 'heun' else ''
             raise SamplerOptionError(f'--steps must be at least 2, got {self.num_steps}{hint}')
         for name in ('sigma_min', 'sigma_max'):
@@ -107,10 +123,14 @@ class SamplerOptions:
     def _check_discrete(self):
         defaults = SamplerOptions()
         if not self.discrete:
-            for name in ('respacing', 'eta', 'clip_denoised', 'variance'):
+            for name in ('eta', 'clip_denoised', 'variance'):
                 if getattr(self, name) != getattr(defaults, name):
                     flag = '--no-clip_denoised' if name == 'clip_denoised' else f'--{name}'
                     raise SamplerOptionError(f'{flag} applies to --solver=ddpm|ddim only, not {self.solver}')
+            if self.respacing is not None:  # the levels are an ADM network's respaced timesteps
+                for name in ('sigma_min', 'sigma_max', 'rho', 'disc'):
+                    if getattr(self, name) != getattr(defaults, name):
+                        raise SamplerOptionError(f'--{name} and --timestep_respacing both choose the levels; give one')
             if self.ts_mode == 'tsdpm':
                 raise SamplerOptionError(f'--ts_mode=tsdpm is TS-DPM-ADM\'s time shift for --solver=ddim, not {self.solver}')
             return
@@ -129,6 +149,21 @@ class SamplerOptions:
                                      '(its DDPM ignores it); use --ts_mode=clean with ddpm')
         if self.ts_mode == 'tsdpm' and self.ts_cutoff != int(self.ts_cutoff):
             raise SamplerOptionError(f'--ts_cutoff is an original timestep with --ts_mode=tsdpm, got {self.ts_cutoff:g}')
+
+
+    def _check_solver(self):
+        if self.order is not None:
+            if self.solver not in solvers.WITH_ORDER:
+                raise SamplerOptionError(f'--order applies to --solver={"|".join(solvers.WITH_ORDER)}, not to {self.solver}')
+            if self.order not in (1, 2, 3):
+                raise SamplerOptionError(f'--order must be 1, 2 or 3, got {self.order}')
+        if self.solver in solvers.WITH_CHURN:
+            return
+        if self.S_churn > 0:
+            raise SamplerOptionError(f'--S_churn applies to --solver={"|".join(solvers.WITH_CHURN)}; {self.solver} is deterministic')
+        if self.schedule != 'linear' or self.scaling != 'none':
+            raise SamplerOptionError(f'--schedule and --scaling apply to --solver={"|".join(solvers.WITH_CHURN)}; '
+                                     f'{self.solver} integrates in log(sigma) and takes neither')
 
 
 def sigma_range(net, options):
@@ -159,19 +194,35 @@ class Sampler:
         if options.discrete:
             self._init_discrete(net, options, device, fast)
             return
-        sigma_min, sigma_max = sigma_range(net, options)
-        levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)
-        self.sigmas = schedules.with_zero(net.round_sigma(levels))
+        if options.respacing is not None:
+            # An ADM network's respaced timesteps as the levels (guided-diffusion's grid for any solver).
+            grid = torch.as_tensor(discrete_process_levels(net, options), dtype=torch.float64, device=device)
+            sigma_min, sigma_max = float(grid[-1]), float(grid[0])
+            self.sigmas = schedules.with_zero(grid)
+        else:
+            sigma_min, sigma_max = sigma_range(net, options)
+            levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)
+            self.sigmas = schedules.with_zero(net.round_sigma(levels))
+        num_steps = len(self.sigmas) - 1
+        if options.solver not in solvers.WITH_CHURN and not bool((self.sigmas[1:] < self.sigmas[:-1]).all()):
+            raise SamplerOptionError(f'--solver={options.solver} needs distinct noise levels, but {num_steps} steps '
+                                     'repeat levels after rounding to the network\'s; use fewer --steps')
         self.ode = schedules.time_param(options.schedule, options.scaling, sigma_min, sigma_max)
         self.churn = solvers.Churn(options.S_churn, options.S_min, options.S_max, options.S_noise, net.round_sigma)
         self.net = prepare_network(net, fast, device)
-        self.denoiser = denoisers.with_epsilon_scaling(denoisers.network_denoiser(self.net), options.num_steps,
+        self.denoiser = denoisers.with_epsilon_scaling(denoisers.network_denoiser(self.net), num_steps,
                                                        options.eps_scaler, options.eps_scaler_k)
         self.time_shift = None
         if options.ts_window > 0:
-            grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
+            if isinstance(getattr(net, 'alpha_bar', None), torch.Tensor):  # a discrete network: its own levels
+                grid = net.sigmas.flip(0).to(device=device, dtype=torch.float64)
+                grid = grid[(grid >= sigma_min) & (grid <= sigma_max)]
+            else:
+                grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
             self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, _signal_var(net, options))
         self.solver = solvers.SOLVERS[options.solver]
+        if options.solver in solvers.WITH_ORDER:
+            self.solver = functools.partial(self.solver, order=options.solver_order)
 
     def _init_discrete(self, net, options, device, fast):
         self.process = discrete_process(net, options)
@@ -215,8 +266,9 @@ def discrete_process(net, options):
     """The Respacing of a discrete network for the options; SamplerOptionError if it has none."""
     alpha_bar = getattr(net, 'alpha_bar', None)
     if not isinstance(alpha_bar, torch.Tensor):
-        raise SamplerOptionError(f'--solver={options.solver} needs a discrete-time network (a converted ADM '
-                                 f'checkpoint); {type(net).__name__} is continuous: use --solver=euler or heun')
+        what = f'--solver={options.solver}' if options.discrete else '--timestep_respacing'
+        raise SamplerOptionError(f'{what} needs a discrete-time network (a converted ADM checkpoint); '
+                                 f'{type(net).__name__} is continuous' + (': use --solver=euler or heun' if options.discrete else ''))
     try:
         process = discrete.respace(alpha_bar.cpu().numpy(), options.timestep_respacing)
     except discrete.RespacingError as err:
@@ -228,10 +280,16 @@ def discrete_process(net, options):
     return process
 
 
+def discrete_process_levels(net, options):
+    """The sigma of each respaced timestep of a discrete network, descending (from the noisiest)."""
+    process = discrete_process(net, options)
+    return net.sigmas[list(process.timesteps)].flip(0).tolist()  # the model's own levels: D needs no rounding
+
+
 def check_network(net, options):
     """Raise SamplerOptionError if `net` cannot be sampled with `options` (before any work starts)."""
     options.check()
-    if options.discrete:
+    if options.discrete or options.respacing is not None:
         process = discrete_process(net, options)
         if options.ts_mode == 'tsdpm':
             try:

@@ -1,6 +1,7 @@
-"""Euler and Heun solvers for the EDM probability-flow ODE, with stochastic churn.
+"""Euler and Heun solvers for the EDM probability-flow ODE, with stochastic churn; the registry
+of every solver (`SOLVERS`, the few-step ones from `samplers.multistep`).
 
-Both solvers share one signature and one loop; stochastic churn and the time shift are step
+Euler and Heun share one signature and one loop; stochastic churn and the time shift are step
 helpers used by both. Every network call goes through the denoiser interface of
 `samplers.denoisers`. The state is float64 and is cast only by the network (EDM Algorithm 2).
 """
@@ -10,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from . import denoisers
+from . import denoisers, multistep
 from .schedules import TimeParam, per_sample
 
 
@@ -106,4 +107,16 @@ def sample_heun(denoiser, latents, sigmas, randn_like=torch.randn_like, class_la
     return _solve(2, denoiser, latents, sigmas, randn_like, class_labels, churn, time_shift, ode)
 
 
-SOLVERS = dict(euler=sample_euler, heun=sample_heun)
+SOLVERS = dict(euler=sample_euler, heun=sample_heun, spndm=multistep.sample_spndm, fpndm=multistep.sample_fpndm,
+               dpmsolver=multistep.sample_dpmsolver, dpmpp2m=multistep.sample_dpmpp2m, deis=multistep.sample_deis)
+WITH_ORDER = ('dpmsolver', 'deis')   # take order=1|2|3 (default 3)
+WITH_CHURN = ('euler', 'heun')       # the only ones with stochastic churn, --schedule and --scaling
+
+
+def evaluations(solver, num_steps):
+    """Denoiser evaluations per image of `solver` for `num_steps` steps."""
+    if solver == 'heun':
+        return 2 * num_steps - 1
+    if solver == 'euler':
+        return num_steps
+    return multistep.evaluations(solver, num_steps)

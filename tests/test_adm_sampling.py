@@ -21,7 +21,7 @@ import generate
 import image_sample
 from adm_helpers import TINY, tiny_adm
 from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
-from samplers import discrete, jobs
+from samplers import discrete, jobs, solvers
 from samplers.time_shift import DiscreteTimeShift, TimeShiftError, TSDPMTimeShift
 from training import adm, networks
 
@@ -185,7 +185,7 @@ def test_steps_mean_respacing_n_and_the_edm_solvers_still_work(small):
     (dict(solver='ddim', eta=-0.5), '--eta must be a non-negative number'),
     (dict(solver='ddpm', eta=0.5), '--eta applies to --solver=ddim only'),
     (dict(solver='heun', eta=0.5), '--eta applies to --solver=ddpm|ddim only'),
-    (dict(solver='euler', respacing='10'), '--respacing applies to --solver=ddpm|ddim only'),
+    (dict(solver='euler', respacing='10', disc='vp'), '--disc and --timestep_respacing both choose the levels'),
     (dict(solver='ddim', variance='small'), "--variance must be one of learned|large|small with --solver=ddpm"),
     (dict(solver='ddpm', ts_mode='tsdpm', ts_window=10), 'defined for --solver=ddim only'),
     (dict(solver='ddim', S_churn=5), '--S_churn applies to the EDM solvers'),
@@ -205,6 +205,24 @@ def test_discrete_solvers_refuse_continuous_networks():
     from test_samplers import tiny_net
     with pytest.raises(SamplerOptionError, match='needs a discrete-time network.*EDMPrecond is continuous'):
         Sampler(tiny_net(), SamplerOptions(solver='ddim'))
+    with pytest.raises(SamplerOptionError, match='--timestep_respacing needs a discrete-time network'):
+        Sampler(tiny_net(), SamplerOptions(solver='dpmpp2m', respacing='10'))
+
+
+@pytest.mark.parametrize('solver', ['heun', 'spndm', 'fpndm', 'dpmsolver', 'dpmpp2m', 'deis'])
+def test_continuous_solvers_run_on_the_respaced_grid(small, solver):
+    # Any solver on an ADM network, over guided-diffusion's respaced timesteps (DDIM's levels).
+    options = SamplerOptions(solver=solver, respacing='ddim10')
+    sampler = Sampler(small, options)
+    timesteps = discrete.space_timesteps(100, 'ddim10')
+    assert sampler.sigmas[:-1].tolist() == small.sigmas[timesteps].flip(0).tolist() and sampler.sigmas[-1] == 0
+    images = sample(small, options)
+    assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
+    assert options.nfe == solvers.evaluations(solver, 10)
+    assert torch.equal(images, sample(small, SamplerOptions(solver=solver, respacing='ddim10', eps_scaler=1.0)))
+    assert not torch.equal(images, sample(small, SamplerOptions(solver=solver, respacing='ddim10', eps_scaler=1.05)))
+    shifted = sample(small, SamplerOptions(solver=solver, respacing='ddim10', ts_window=3, ts_cutoff=0.2))
+    assert torch.isfinite(shifted).all()
 
 #----------------------------------------------------------------------------
 # Time shift on discrete grids.
@@ -471,3 +489,15 @@ def test_image_sample_one_or_two_processes_give_the_same_file(tmp_path, checkpoi
             return data['arr_0']
     two, one = torchrun(2, tmp_path / 'two'), torchrun(1, tmp_path / 'one')
     assert np.array_equal(one, two) and os.listdir(tmp_path / 'two') == ['samples_5x16x16x3.npz']
+
+
+def test_image_sample_takes_the_few_step_solvers(tmp_path, checkpoints):
+    args = [f'--model_path={checkpoints["pt"]}', *flags_args(checkpoints['flags']), '--timestep_respacing', 'ddim10',
+            '--num_samples', '3', '--solver', 'dpmpp2m', '--out_dir', tmp_path / 'o']
+    res = run_image_sample(*args)
+    assert res.exit_code == 0 and 'with dpmpp2m' in res.output, res.output
+    with np.load(tmp_path / 'o' / 'samples_3x16x16x3.npz') as data:
+        images = data['arr_0']
+    net = tiny_adm(SMALL)[0]
+    expected = jobs.to_uint8_guided(sample(net, SamplerOptions(solver='dpmpp2m', respacing='ddim10'), seeds=range(3)))
+    assert np.array_equal(images, expected)

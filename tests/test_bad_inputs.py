@@ -28,6 +28,7 @@ import dataset_tool
 import exposure
 import fid
 import generate
+import image_sample
 from samplers import jobs
 import train
 from torch_utils import cli
@@ -36,7 +37,7 @@ from torch_utils import training_stats
 from training import networks, weights
 
 COMMANDS = dict(generate=generate.main, convert=convert.main, dataset_tool=dataset_tool.main, train=train.main,
-                exposure=exposure.main, fid=fid.main)
+                exposure=exposure.main, fid=fid.main, image_sample=image_sample.main)
 
 
 def run(command, *args):
