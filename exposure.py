@@ -76,7 +76,7 @@ def _cli(fn, distributed=False, device=None):
 
 # The sampler options shared by `norms` and `sweep`: generate.py's, with its names and defaults
 # (--eps_scaler, --eps_scaler_k and the time shift are swept or given per point, churn is not supported).
-_sampler_options = generate.sampler_options('steps', 'solver', 'disc', 'schedule', 'scaling', 'sigma_min',
+_sampler_options = generate.sampler_options('steps', 'solver', 'order', 'disc', 'schedule', 'scaling', 'sigma_min',
                                             'sigma_max', 'rho', 'respacing', 'eta', 'clip_denoised', 'variance')
 
 

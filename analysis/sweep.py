@@ -169,6 +169,9 @@ def _check_sweep_record(outdir, record):
             for key in ('eps_scaler_k', 'ts_mode'):  # shared by all points in folders made before they were per point
                 if old['options'].get(key) == getattr(SamplerOptions, key):
                     del old['options'][key]
+            # Options added after a folder was made are missing from its record: they had their defaults.
+            defaults = {k: v for k, v in dataclasses.asdict(SamplerOptions()).items() if k not in POINT_OPTIONS}
+            old['options'] = {**json.loads(json.dumps(defaults)), **old['options']}
         changed = [key for key in record if old.get(key) != record[key]]
         if changed:
             raise ExposureError(f'{outdir} holds a sweep made with another {changed[0]}; use another --outdir')

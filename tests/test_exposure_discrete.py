@@ -153,8 +153,24 @@ def test_layouts_of_every_solver_and_their_plot_note():
     assert layout_note(evaluation_layout(4, 'heun')) == 'odd: euler, even: correction'
     assert layout_note(evaluation_layout(4, 'ddim')) == layout_note(evaluation_layout(4, 'euler')) == ''
     assert layout_note([(0, 'a'), (0, 'b'), (0, 'c'), (1, 'a')]) == 'per step: a, b, c'
-    with pytest.raises(LayoutError, match='no evaluation layout is registered for --solver=dpmpp2m'):
-        evaluation_layout(3, 'dpmpp2m')
+    with pytest.raises(LayoutError, match='no evaluation layout is registered for --solver=rk45'):
+        evaluation_layout(3, 'rk45')
+    # The few-step solvers: S-PNDM's improved-Euler first step, F-PNDM's Runge-Kutta warm-up.
+    assert evaluation_layout(3, 'spndm') == [(0, 'euler'), (0, 'correction'), (1, 'euler'), (2, 'euler')]
+    assert len(evaluation_layout(5, 'fpndm')) == 5 + 3 * 3 and len(evaluation_layout(3, 'fpndm')) == 3 + 3 * 2
+    assert recording.evaluation_levels([4.0, 2.0, 1.0, 0.0], 'fpndm')[:4] == [4.0, 3.0, 3.0, 2.0]
+    assert evaluation_layout(3, 'deis') == evaluation_layout(3, 'dpmsolver') == evaluation_layout(3, 'euler')
+
+
+@pytest.mark.parametrize('solver', ['spndm', 'fpndm', 'dpmsolver', 'dpmpp2m', 'deis'])
+def test_norms_of_the_few_step_solvers_on_the_respaced_grid(small, files, solver):
+    from samplers import solvers
+    options = SamplerOptions(solver=solver, respacing='ddim5')
+    result = exposure.measure_norms(small, ImageFolderDataset(files['data'], use_labels=True), [0, 1, 2], options)
+    assert len(result.layout) == solvers.evaluations(solver, 5) == options.nfe  # every call recorded, as registered
+    assert np.isfinite(result.sampling).all()
+    first = [n for n, (i, kind) in enumerate(result.layout) if kind == 'euler']
+    assert len(first) == 5 and np.isfinite(result.training[:, first]).all()  # each step's own evaluation, both sides
 
 
 def test_a_layout_that_does_not_match_the_calls_is_one_error(small, files, monkeypatch):
