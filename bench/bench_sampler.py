@@ -4,7 +4,7 @@
     python bench/bench_sampler.py --net=cifar10 --batch=4 --steps=4 --repeat=5
     python bench/bench_sampler.py --net=tiny --profile             # where the time goes
     python bench/bench_sampler.py --device=cuda --net=cifar10 --batch=256 --steps=18
-    python bench/bench_sampler.py --net=tiny --variants=spndm,fpndm,dpmsolver,dpmpp2m,deis,deis\ ES,deis\ TS
+    python bench/bench_sampler.py --net=tiny --variants='spndm,fpndm,dpmsolver,dpmpp2m,deis,deis ES,deis TS'
 
 The sampler is called exactly as generate.py calls it (Sampler, SamplerOptions, SeedNoise,
 latents_and_labels). In every repeat the network forward is timed NFE times on the same
