@@ -153,7 +153,7 @@ SAMPLER_OPTIONS = dict(
     S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=cli.FloatRange(min=0, allow_inf=True), default='inf', show_default=True),
     S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=cli.FLOAT, default=1, show_default=True),
     solver=click.option('--solver', help=f'Solver: {", ".join([*SOLVERS, *DISCRETE_SOLVERS])} (docs/solvers.md; ddpm, ddim: ADM networks)', metavar='NAME', type=click.Choice([*SOLVERS, *DISCRETE_SOLVERS]), default='heun', show_default=True),
-    order=click.option('--order', help='Order of --solver=dpmsolver|deis  [default: 3]', metavar='1|2|3', type=int),
+    order=click.option('--order', help='Order of --solver=dpmsolver|dpmsolver-ref|deis  [default: 3]', metavar='1|2|3', type=int),
     disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
     schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
     scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),

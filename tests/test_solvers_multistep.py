@@ -111,6 +111,19 @@ def test_convergence_order_on_gaussian_data(name, kwargs, order):
     assert errors[-1] < 0.03
 
 
+def test_dpmsolver_ref_reproduces_the_reference_codes_third_order_slip():
+    # Orders 1 and 2 are the same computation; at order 3 the reference code's halved D2 makes
+    # the method second order (docs/solvers.md), which the named mode keeps.
+    z = latents()
+    for order in (1, 2):
+        assert gaussian_error('dpmsolver-ref', dict(order=order), edm_sigmas(12), z) == \
+            gaussian_error('dpmsolver', dict(order=order), edm_sigmas(12), z)
+    slope, errors = fitted_order('dpmsolver-ref', dict(order=3), edm_sigmas, [64, 90, 128, 181, 256])
+    assert 1.4 < slope < 2.3, (slope, errors)
+    fixed, _ = fitted_order('dpmsolver', dict(order=3), edm_sigmas, [64, 90, 128, 181, 256])
+    assert fixed > slope + 0.5
+
+
 def test_fpndm_is_fourth_order_on_a_grid_uniform_in_sigma():
     uniform = lambda n: with_zero(torch.linspace(2.0, 0.5, n, dtype=torch.float64))  # noqa: E731
     steps = [16, 23, 32, 45]
@@ -313,7 +326,7 @@ def test_time_shift_with_multistep_history(name, kwargs):
 
 
 @pytest.mark.parametrize('bad, message', [
-    (dict(solver='heun', order=2), '--order applies to --solver=dpmsolver|deis, not to heun'),
+    (dict(solver='heun', order=2), '--order applies to --solver=dpmsolver|dpmsolver-ref|deis, not to heun'),
     (dict(solver='deis', order=4), '--order must be 1, 2 or 3'),
     (dict(solver='dpmpp2m', S_churn=1), '--S_churn applies to --solver=euler|heun'),
     (dict(solver='fpndm', scaling='vp'), '--schedule and --scaling apply'),
@@ -353,7 +366,7 @@ def test_images_do_not_depend_on_the_batch(tmp_path, net, name, extra):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--solver=heun', '--order=2'], '--order applies to --solver=dpmsolver|deis'),
+    (['--solver=heun', '--order=2'], '--order applies to --solver=dpmsolver|dpmsolver-ref|deis'),
     (['--solver=dpmsolver', '--order=0'], '--order must be 1, 2 or 3, got 0'),
     (['--solver=deis', '--S_churn=5'], '--S_churn applies to --solver=euler|heun; deis is deterministic'),
     (['--solver=spndm', '--scaling=vp'], '--schedule and --scaling apply to --solver=euler|heun'),
