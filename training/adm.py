@@ -372,14 +372,12 @@ def _examples(names, limit=3):
     return ', '.join(names[:limit]) + more
 
 
-def load_state_dict(net, state, flags, source='checkpoint'):
-    """Move every tensor of a guided-diffusion state dict into `net` (built from the same flags).
-
-    Raises ADMError naming what is missing, left over or of the wrong shape.
-    """
-    specs = tensor_map(net)
+def check_state_dict(net, state, source='checkpoint'):
+    """{ADM name: Tensor spec} after checking that `state` holds exactly the tensors `net`
+    (built from the flags, on any device, 'meta' included) needs, in the right shapes;
+    ADMError naming what is missing, left over or of the wrong shape otherwise."""
     ours = net.state_dict()
-    wanted = {spec.adm: spec for spec in specs}
+    wanted = {spec.adm: spec for spec in tensor_map(net)}
     missing = [name for name in wanted if name not in state]
     extra = [name for name in state if name not in wanted]
     hint = ' (do the flags match the checkpoint?)'
@@ -387,7 +385,6 @@ def load_state_dict(net, state, flags, source='checkpoint'):
         raise ADMError(f'{source} lacks {len(missing)} tensor(s) the flags need: {_examples(missing)}{hint}')
     if extra:
         raise ADMError(f'{source} has {len(extra)} tensor(s) the flags do not use: {_examples(extra)}{hint}')
-    converted = {}
     for name, spec in wanted.items():
         tensor = state[name]
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
@@ -395,8 +392,16 @@ def load_state_dict(net, state, flags, source='checkpoint'):
         expected = adm_shape(spec, ours[spec.ours].shape)
         if tensor.shape != expected:
             raise ADMError(f'{source}: {name} has shape {list(tensor.shape)}, the flags give {list(expected)}{hint}')
-        converted[spec.ours] = to_ours(spec, tensor.detach().to(torch.float32), flags.use_new_attention_order)
-    net.load_state_dict({**ours, **converted}, strict=True)  # the resampling filters are not in the checkpoint
+    return wanted
+
+
+def load_state_dict(net, state, flags, source='checkpoint'):
+    """Move every tensor of a guided-diffusion state dict into `net` (built from the same flags);
+    ADMError as check_state_dict() for a state dict that does not fit."""
+    wanted = check_state_dict(net, state, source)
+    converted = {spec.ours: to_ours(spec, state[name].detach().to(torch.float32), flags.use_new_attention_order)
+                 for name, spec in wanted.items()}
+    net.load_state_dict({**net.state_dict(), **converted}, strict=True)  # the resampling filters are not in the checkpoint
     return net
 
 
@@ -439,7 +444,15 @@ def num_classes_of(state, flags):
 
 
 def load_adm_checkpoint(path_or_url, flags):
-    """An ADMPrecond (eval mode, CPU) holding the weights of a guided-diffusion checkpoint."""
+    """An ADMPrecond (eval mode, CPU) holding the weights of a guided-diffusion checkpoint.
+
+    The flags' network is first built on the meta device and checked against the file, so
+    flags asking for more weights than the file holds cost no memory and fail at once."""
     state = read_checkpoint(path_or_url)
-    net = build_network(flags, num_classes_of(state, flags))
-    return load_state_dict(net, state, flags, source=os.path.basename(str(path_or_url)) or str(path_or_url))
+    if all(name.startswith('module.') for name in state):  # saved from a DDP wrapper
+        state = {name[len('module.'):] if name.startswith('module.') else name: t for name, t in state.items()}
+    source = os.path.basename(str(path_or_url)) or str(path_or_url)
+    num_classes = num_classes_of(state, flags)
+    with torch.device('meta'):
+        check_state_dict(build_network(flags, num_classes), state, source)
+    return load_state_dict(build_network(flags, num_classes), state, flags, source=source)
