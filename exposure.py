@@ -87,7 +87,7 @@ def _common_options(fn):
         click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None),
         click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1, max=cli.MAX_BATCH), default=64, show_default=True),
         click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=cli.DEVICE, default=None),
-        click.option('--allow-pickle-code', help='Run the code stored in the network pickle (trusted files only)', is_flag=True, default=None),
+        click.option('--allow-pickle-code', help='Run the code stored in the network or detector pickle (trusted files only)', is_flag=True, default=None),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -250,13 +250,14 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
                              eps_scaler_k=parse_slopes(slopes)[0], base=base,
                              detector_url=detector_url, class_idx=class_idx, max_batch_size=max_batch_size, device=device,
                              replicates=replicates, num_workers=num_workers, start_images=start_images, score_name=name,
-                             log=dist.print0)
+                             log=dist.print0, allow_pickle_code=allow_pickle_code)
             dist.print0(format_search(doc))
             dist.print0(f'Wrote {os.path.join(outdir, "search.json")}')
             return
         rows = run_sweep(net, label, seed_list, outdir, points, ref_path, base=base, detector_url=detector_url,
                          class_idx=class_idx, max_batch_size=max_batch_size, device=device, replicates=replicates,
-                         num_workers=num_workers, keep_images=keep_images, score_name=name, log=dist.print0)
+                         num_workers=num_workers, keep_images=keep_images, score_name=name, log=dist.print0,
+                         allow_pickle_code=allow_pickle_code)
         dist.print0(format_sweep(rows, name))
         dist.print0(f'Wrote {os.path.join(outdir, "sweep.csv")}, sweep.json and sweep.png')
     _cli(work, distributed=True, device=device)

@@ -21,15 +21,14 @@ import torch
 
 import dnnlib
 import generate
-from metrics.detector import INCEPTION_URL, MetricError, load_detector
+from metrics.detector import INCEPTION_URL
 from metrics.features import compute_feature_stats, open_images
-from metrics.reference import load_reference
 from samplers import SamplerOptions
 from samplers.sampler import check_network
 from torch_utils import distributed as dist
 
 from .common import ExposureError, describe_sampler
-from .sweep import GridPoint, _check_sweep_record, _fd_of, _sweep_record, bootstrap, load_point
+from .sweep import GridPoint, _fd_of, bootstrap, load_point, open_sweep
 
 INV_PHI = (math.sqrt(5) - 1) / 2  # 0.618...: golden-section proportion
 SEARCH_Z = 2.0                    # a difference counts when it exceeds SEARCH_Z paired standard deviations
@@ -245,7 +244,8 @@ class FolderScorer:
 
 def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, SamplerOptions.ts_cutoff), eps_scaler_k=0.0,
                base=SamplerOptions(), detector_url=INCEPTION_URL, class_idx=None, max_batch_size=64, device=None,
-               replicates=200, num_workers=0, start_images=None, progress=True, score_name='FD', log=print):
+               replicates=200, num_workers=0, start_images=None, progress=True, score_name='FD', log=print,
+               allow_pickle_code=None):
     """Golden-section search for the best b among `scalers` with time-shift setting `ts`
     ((window, cutoff) or (window, cutoff, mode), as parse_ts() gives) and slope `eps_scaler_k`,
     in a sweep folder shared with run_sweep(); then b = 1 (same setting and k) on as many images
@@ -264,11 +264,8 @@ def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, Sampler
     for b in values:
         check_network(net, GridPoint(b, *ts, eps_scaler_k=eps_scaler_k).options(base))
     setting = GridPoint(1.0, *ts, eps_scaler_k=eps_scaler_k)
-    generate.check_class(net, class_idx)
-    ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
-    detector = dist.leader_first(lambda: load_detector(detector_url, device=device), MetricError)
-    record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
-    dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
+    ref, detector, record = open_sweep(net, network, seeds, outdir, ref_path, base=base, detector_url=detector_url,
+                                       class_idx=class_idx, device=device, allow_pickle_code=allow_pickle_code)
     slope = f', k={eps_scaler_k:g}' if eps_scaler_k else ''
     log(f'Search for the best b among {len(values)} values from {values[0]:g} to {values[-1]:g}{slope}, {setting.ts_label}, '
         f'{start_images} to {len(seeds)} images per point, {describe_sampler(base)} into "{outdir}"')

@@ -299,9 +299,22 @@ def sweep_table(points, results, features, ref, replicates=200):
     return rows
 
 
+def open_sweep(net, network, seeds, outdir, ref_path, *, base, detector_url, class_idx, device, allow_pickle_code=None):
+    """(reference statistics, detector, the folder's record) of a sweep, after checking the class and the
+    folder's record (shared by run_sweep and run_search); `allow_pickle_code` is passed to the
+    detector loader (None: the EDMKIT_ALLOW_PICKLE_CODE variable decides)."""
+    generate.check_class(net, class_idx)
+    ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
+    detector = dist.leader_first(lambda: load_detector(detector_url, device=device, allow_pickle_code=allow_pickle_code),
+                                 MetricError)
+    record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
+    dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
+    return ref, detector, record
+
+
 def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOptions(), detector_url=INCEPTION_URL,
               class_idx=None, max_batch_size=64, device=None, replicates=200, num_workers=0, keep_images=False,
-              progress=True, score_name='FD', log=print):
+              progress=True, score_name='FD', log=print, allow_pickle_code=None):
     """Score every grid point (skipping finished ones) and write sweep.json, sweep.csv and
     sweep.png in outdir (rank 0) for all finished points of the folder. Returns the table rows
     on every rank."""
@@ -310,11 +323,8 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
         raise ExposureError('the grid is empty')
     for point in points:
         check_network(net, point.options(base))
-    generate.check_class(net, class_idx)
-    ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
-    detector = dist.leader_first(lambda: load_detector(detector_url, device=device), MetricError)
-    record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
-    dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
+    ref, detector, record = open_sweep(net, network, seeds, outdir, ref_path, base=base, detector_url=detector_url,
+                                       class_idx=class_idx, device=device, allow_pickle_code=allow_pickle_code)
     log(f'Sweep of {len(points)} points, {len(seeds)} images each, {describe_sampler(base)} into "{outdir}"')
     for n, point in enumerate(points):
         done = load_point(outdir, point)
