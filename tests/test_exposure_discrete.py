@@ -15,12 +15,10 @@ import generate
 from adm_helpers import TINY, tiny_adm
 from analysis.sweep import GridPoint, grid_points, parse_slopes, parse_ts, run_sweep
 from analysis.search import run_search
-from metrics.detector import pickle_torchscript
-from metrics.evaluate import calc_reference
 from samplers import SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
 from samplers import discrete, recording
 from samplers.recording import LayoutError, evaluation_layout, layout_note
-from test_exposure import Features, cli, gray_images, write_dataset
+from test_exposure import cli, gray_images, scoring, write_dataset  # noqa: F401 (scoring: a fixture over this module's files)
 from training import networks
 from training.dataset import ImageFolderDataset
 
@@ -285,15 +283,6 @@ def test_time_shift_settings_carry_their_mode():
     assert (options.ts_mode, options.ts_window, options.ts_cutoff, options.eps_scaler_k) == ('tsdpm', 80, 300.0, 0.002)
     assert GridPoint(1.0, 0, 300.0, 'tsdpm').ts_on and GridPoint(1.0, 0, 300.0, 'tsdpm').name == 'b1.00000-tsdpm0-c300'
     assert GridPoint(1.0).options(SamplerOptions(solver='ddim', ts_mode='tsdpm', ts_window=5)).ts_mode == 'clean'
-
-
-@pytest.fixture(scope='module')
-def scoring(files):
-    det = str(files['folder'] / 'det.pkl')
-    with open(det, 'wb') as f:
-        f.write(pickle_torchscript(torch.jit.script(Features())))
-    ref = calc_reference(files['data'], str(files['folder'] / 'ref.npz'), detector_url=det, num_workers=0, verbose=False)
-    return dict(det=det, ref=ref)
 
 
 def test_discrete_sweep_over_b_k_and_both_time_shift_modes_resumes(small, files, scoring, tmp_path, monkeypatch):
