@@ -425,6 +425,8 @@ def read_checkpoint(path_or_url):
         text = str(err).strip()
         if 'weights_only' in text or 'Weights only load failed' in text:
             raise ADMError(f'refusing {path_or_url}: loading it would run code from the file (not a plain state dict)') from None
+        if 'central directory' in text or 'zip archive' in text:
+            raise ADMError(f'cannot read {path_or_url} as a PyTorch checkpoint (truncated or not a torch.save zip file)') from None
         first = text.splitlines()[0][:200] if text else type(err).__name__
         raise ADMError(f'cannot read {path_or_url} as a PyTorch checkpoint ({first})') from None
     if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
