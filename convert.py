@@ -29,7 +29,8 @@ import pickle
 import click
 
 import dnnlib
-from training import adm, loader, weights
+from networks import adm
+from safeload import networks as loader, weights
 
 
 def convert(src, dest, fmt=None, allow_pickle_code=None, adm_flags=None, adm_preset=None):

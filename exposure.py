@@ -12,7 +12,6 @@ import os
 import click
 
 import dnnlib
-import generate
 from analysis.calibration import FITS, calibrate, describe_calibration, record_steps
 from analysis.common import ExposureError, describe_sampler
 from analysis.norms import format_norms, measure_norms, norms_record, read_norms, training_labels, training_pool, write_norms
@@ -21,12 +20,12 @@ from analysis.search import format_search, run_search
 from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_slopes, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
-from samplers import SamplerOptionError, SamplerOptions
+from samplers import SamplerOptionError, SamplerOptions, cli_options, jobs
 from samplers.sampler import TSDPM_DEFAULT_CUTOFF
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
-from training import loader
+from safeload import networks as loader
 from training.dataset import ImageFolderDataset
 
 #----------------------------------------------------------------------------
@@ -35,7 +34,7 @@ from training.dataset import ImageFolderDataset
 
 def _load_network(network, device, allow_pickle_code):
     if network is None:
-        network = generate.DEFAULT_NETWORK
+        network = jobs.DEFAULT_NETWORK
     try:
         net = dist.leader_first(lambda: loader.load_network(network, device=device, allow_pickle_code=allow_pickle_code),
                                 loader.NetworkLoadError)
@@ -53,7 +52,7 @@ def _open_dataset(path):
         raise ExposureError(f'--data {path}: {str(err).splitlines()[0]}') from None
 
 
-ERRORS = (ExposureError, generate.GenerateError, SamplerOptionError, TimeShiftError, MetricError, dist.DeviceError)
+ERRORS = (ExposureError, jobs.GenerateError, SamplerOptionError, TimeShiftError, MetricError, dist.DeviceError)
 MAX_SEEDS = 1_000_000    # norms and sweeps keep per-seed arrays in memory (generate.py streams any number)
 
 
@@ -76,7 +75,7 @@ def _cli(fn, distributed=False, device=None):
 
 # The sampler options shared by `norms` and `sweep`: generate.py's, with its names and defaults
 # (--eps_scaler, --eps_scaler_k and the time shift are swept or given per point, churn is not supported).
-_sampler_options = generate.sampler_options('steps', 'solver', 'order', 'disc', 'schedule', 'scaling', 'sigma_min',
+_sampler_options = cli_options.sampler_options('steps', 'solver', 'order', 'disc', 'schedule', 'scaling', 'sigma_min',
                                             'sigma_max', 'rho', 'respacing', 'eta', 'clip_denoised', 'variance')
 
 
@@ -161,16 +160,16 @@ def main():
 @click.option('--outdir', help='Where to write norms.json, norms.csv and norms.png', metavar='DIR', type=str, required=True)
 @_sampler_options
 @click.option('--eps_scaler', help='Epsilon scaling b while sampling', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@generate.sampler_options('eps_scaler_k', 'ts_window', 'ts_cutoff', 'ts_mode')
+@cli_options.sampler_options('eps_scaler_k', 'ts_window', 'ts_cutoff', 'ts_mode')
 def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, data_path, outdir, **sampler_kwargs):
     """Mean ||eps||_2 at every network evaluation: sampling vs training images."""
     def work(device):
         options = _options(**sampler_kwargs)
         options.check()
-        seed_list = list(generate.parse_seeds(seeds, max_count=MAX_SEEDS))
+        seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
         dataset = _open_dataset(data_path)
         label, net = _load_network(network, device, allow_pickle_code)
-        generate.check_class(net, class_idx)
+        jobs.check_class(net, class_idx)
         training_pool(training_labels(net, dataset), len(dataset), class_idx)  # fails here rather than after the message
         dist.print0(f'Measuring ||eps|| for {len(seed_list)} seeds, {describe_sampler(options)}, '
                     f'and for as many images of "{data_path}"')
@@ -240,7 +239,7 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         base = _options(**sampler_kwargs)
         base.check()
         points = grid_points(parse_scalers(scalers), parse_ts(ts_text), parse_slopes(slopes))
-        seed_list = list(generate.parse_seeds(seeds, max_count=MAX_SEEDS))
+        seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
         name = score_name or ('FID' if detector_url == INCEPTION_URL else 'FD')
         if search and (len(parse_ts(ts_text)) != 1 or len(parse_slopes(slopes)) != 1 or keep_images):
             raise ExposureError('--search takes one --ts setting, one --eps_scaler_k and no --keep-images')

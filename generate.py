@@ -14,22 +14,18 @@ import tempfile
 
 import click
 
-from samplers import SOLVERS, Sampler, SamplerOptionError, SamplerOptions
-from samplers.discrete import DISCRETE_SOLVERS
-from samplers.sampler import TSDPM_DEFAULT_CUTOFF
+from samplers import Sampler, SamplerOptionError
+from samplers.cli_options import SAMPLER_OPTIONS, options_from_cli, sampler_options  # noqa: F401
 from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import cli
 from torch_utils import distributed as dist
-from training import loader
+from safeload import networks as loader
 
-# The library side, imported from here by exposure.py, scripts and tests.
-from samplers.jobs import (GRID_MAX_IMAGES, OPTIONS_RECORD, SEED_LIMIT, GenerateError, GenerateStats,  # noqa: F401
-                           check_class, check_options_record, existing_images, generate_images, image_path,
-                           options_record, parse_seeds, split_batches, write_grid, write_options_record)
-
-# The bundled class-conditional MNIST model (docs/bundled-model.md), used when --network is not given.
-DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'models', 'mnist-cond-32x32.pkl')
+# The library side (samplers/jobs.py), re-exported for scripts and tests written against generate.py.
+from samplers.jobs import (DEFAULT_NETWORK, GRID_MAX_IMAGES, OPTIONS_RECORD, SEED_LIMIT, GenerateError,  # noqa: F401
+                           GenerateStats, check_class, check_options_record, existing_images, generate_images,
+                           image_path, options_record, parse_seeds, split_batches, write_grid, write_options_record)
 
 
 #----------------------------------------------------------------------------
@@ -134,51 +130,6 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         dist.shutdown()
 
 
-def _options_from_cli(kwargs):
-    given = {key: value for key, value in kwargs.items() if value is not None}
-    if 'ts_cutoff' not in given and given.get('ts_mode') == 'tsdpm':
-        given['ts_cutoff'] = TSDPM_DEFAULT_CUTOFF
-    return SamplerOptions(**given)
-
-
-# generate.py's sampler options, by name, in the order of its --help; exposure.py takes them
-# from here too, so that both tools accept the same options with the same defaults.
-SAMPLER_OPTIONS = dict(
-    steps=click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
-    sigma_min=click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True)),
-    sigma_max=click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True)),
-    rho=click.option('--rho', help='Time step exponent', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=7, show_default=True),
-    S_churn=click.option('--S_churn', 'S_churn', help='Stochasticity strength', metavar='FLOAT', type=cli.FloatRange(min=0), default=0, show_default=True),
-    S_min=click.option('--S_min', 'S_min', help='Stoch. min noise level', metavar='FLOAT', type=cli.FloatRange(min=0), default=0, show_default=True),
-    S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=cli.FloatRange(min=0, allow_inf=True), default='inf', show_default=True),
-    S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=cli.FLOAT, default=1, show_default=True),
-    solver=click.option('--solver', help=f'Solver: {", ".join([*SOLVERS, *DISCRETE_SOLVERS])} (docs/solvers.md; ddpm, ddim: ADM networks)', metavar='NAME', type=click.Choice([*SOLVERS, *DISCRETE_SOLVERS]), default='heun', show_default=True),
-    order=click.option('--order', help='Order of --solver=dpmsolver|dpmsolver-ref|deis  [default: 3]', metavar='1|2|3', type=int),
-    disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
-    schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
-    scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),
-    eps_scaler=click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
-    eps_scaler_k=click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=cli.FLOAT, default=0.0, show_default=True),
-    ts_window=click.option('--ts_window', help='Time shift window in grid positions each side (tsdpm: full width); 0 = off', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True),
-    ts_cutoff=click.option('--ts_cutoff', help='Time shift only while the scheduled sigma exceeds this (tsdpm: timestep)  [default: 1; tsdpm: 300]', metavar='FLOAT', type=cli.FloatRange(min=0)),
-    ts_signal_var=click.option('--ts_signal_var', help='Time shift signal variance  [default: sigma_data^2]', metavar='FLOAT', type=cli.FloatRange(min=0)),
-    ts_mode=click.option('--ts_mode', help='Time shift: this toolkit\'s, or TS-DPM-ADM\'s (ddim only; on even with window 0)', metavar='clean|tsdpm', type=click.Choice(['clean', 'tsdpm']), default='clean', show_default=True),
-    respacing=click.option('--timestep_respacing', 'respacing', help='ddpm/ddim: guided-diffusion\'s respacing (ddimN, N, N1,N2,...)  [default: --steps]', metavar='STR', type=str),
-    eta=click.option('--eta', help='ddim: noise of each step (0 = deterministic)', metavar='FLOAT', type=cli.FloatRange(min=0), default=0.0, show_default=True),
-    clip_denoised=click.option('--clip_denoised/--no-clip_denoised', 'clip_denoised', help='ddpm/ddim: clamp the predicted x0 to [-1, 1]', default=True, show_default=True),
-    variance=click.option('--variance', help='ddpm: variance  [default: learned with learned sigma, else large]', metavar='learned|large|small', type=click.Choice(['learned', 'large', 'small'])),
-)
-
-
-def sampler_options(*names):
-    """A decorator adding the SAMPLER_OPTIONS `names` (all of them by default), in that order."""
-    def decorate(fn):
-        for name in reversed(names or tuple(SAMPLER_OPTIONS)):
-            fn = SAMPLER_OPTIONS[name](fn)
-        return fn
-    return decorate
-
-
 @click.command(context_settings=dict(max_content_width=120))
 @click.option('--network', 'network', help='Network pickle or weights-only file  [default: the bundled MNIST model]', metavar='PATH|URL', type=str, default=None)
 @click.option('--outdir', help='Where to save the output images', metavar='DIR', type=str, required=True)
@@ -234,7 +185,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     """
     try:
-        options = _options_from_cli(sampler_kwargs)
+        options = options_from_cli(sampler_kwargs)
         fast = FastPaths(channels_last=channels_last, autocast=autocast, compile=compile_backend)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
             device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast)

@@ -21,7 +21,7 @@ from samplers.sampler import check_network
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
-from training import adm
+from networks import adm
 
 
 class GuidedBool(click.ParamType):
@@ -78,7 +78,7 @@ def _option(name, default, text, hidden=False):
 
 
 def adm_flag_options(fn):
-    """The model and diffusion flags of training/adm.py, then the sampling flags, as click options."""
+    """The model and diffusion flags of networks/adm.py, then the sampling flags, as click options."""
     options = [_option(name, default, 'ADM model flag') for name, default in adm.MODEL_FLAGS.items()]
     options += [_option(name, default, 'ADM diffusion flag') for name, default in adm.DIFFUSION_FLAGS.items()]
     options += [_option(name, default, text) for name, (default, text) in SAMPLING_FLAGS.items()]

@@ -307,7 +307,7 @@ def main(**kwargs):
 
 
 def _network_load_error():
-    from training.loader import NetworkLoadError
+    from safeload.networks import NetworkLoadError
     return NetworkLoadError
 
 #----------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import torch
 import tqdm
 
 import dnnlib
-import generate
-from samplers import Sampler, SamplerOptions, SeedNoise, eps_scalers, latents_and_labels
+from samplers import Sampler, SamplerOptions, SeedNoise, eps_scalers, jobs, latents_and_labels
 from samplers.recording import (EpsNormRecorder, LayoutError, evaluation_index, evaluation_layout, evaluation_levels,
                                 run_one_step, step_levels, unscaled_denoiser)
 from torch_utils import distributed as dist
@@ -173,7 +172,7 @@ def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=No
     options.check()
     if options.S_churn:
         raise ExposureError('norms are defined here for deterministic sampling: --S_churn must be 0')
-    generate.check_class(net, class_idx)
+    jobs.check_class(net, class_idx)
     labels = training_labels(net, dataset)
     pool = training_pool(labels, len(dataset), class_idx)
     sampler = Sampler(net, options, device=device)
@@ -186,7 +185,7 @@ def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=No
     scalers = [step_scalers[i] for i, _kind in layout]
     eval_levels = evaluation_levels(levels, options.solver)
 
-    batches = generate.split_batches(list(seeds), max_batch_size)
+    batches = jobs.split_batches(list(seeds), max_batch_size)
     starts = np.cumsum([0] + [len(b) for b in batches])
     rank, world = dist.get_rank(), dist.get_world_size()
     data = torch.zeros([3, len(seeds), len(layout)], dtype=torch.float64)

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 import dnnlib
-import generate
 from metrics.detector import INCEPTION_URL
 from metrics.features import compute_feature_stats, open_images
-from samplers import SamplerOptions
+from samplers import SamplerOptions, jobs
 from samplers.sampler import check_network
 from torch_utils import distributed as dist
 
@@ -131,7 +130,7 @@ def golden_section_search(values, scorer, *, start_images, max_images, z=SEARCH_
 
 def _seed_rank(seeds):
     """For features in file-name order (a grid point's), the row of each seed of `seeds`."""
-    names = [os.path.basename(generate.image_path('', seed)) for seed in seeds]
+    names = [os.path.basename(jobs.image_path('', seed)) for seed in seeds]
     return np.argsort(np.argsort(names, kind='stable'), kind='stable')
 
 
@@ -195,18 +194,18 @@ class FolderScorer:
         folder = self._folder(point)
         images = os.path.join(folder, 'images')
         options = point.options(self.base)
-        record = generate.options_record(self.network, self.kwargs['class_idx'], options)
-        wanted = {os.path.basename(generate.image_path(images, seed)) for seed in chunk}
+        record = jobs.options_record(self.network, self.kwargs['class_idx'], options)
+        wanted = {os.path.basename(jobs.image_path(images, seed)) for seed in chunk}
 
         def prepare():
             os.makedirs(images, exist_ok=True)
             for name in os.listdir(images):  # PNGs of another chunk, from an interrupted run with other settings
                 if name.endswith('.png') and name not in wanted:
                     os.remove(os.path.join(images, name))
-            generate.check_options_record(images, record, any(os.path.isfile(generate.image_path(images, seed)) for seed in chunk))
-            generate.write_options_record(images, record)
-        dist.run_on_rank0(prepare, generate.GenerateError)
-        stats = generate.generate_images(self.net, chunk, images, options, class_idx=self.kwargs['class_idx'],
+            jobs.check_options_record(images, record, any(os.path.isfile(jobs.image_path(images, seed)) for seed in chunk))
+            jobs.write_options_record(images, record)
+        dist.run_on_rank0(prepare, jobs.GenerateError)
+        stats = jobs.generate_images(self.net, chunk, images, options, class_idx=self.kwargs['class_idx'],
                                          max_batch_size=self.kwargs['max_batch_size'], device=self.kwargs['device'],
                                          progress=self.kwargs['progress'])
         self.spent += stats.num_written

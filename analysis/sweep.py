@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 import dnnlib
-import generate
 from metrics.detector import INCEPTION_URL, MetricError, load_detector
 from metrics.features import compute_feature_stats, open_images
 from metrics.frechet import frechet_distance
 from metrics.reference import load_reference
-from samplers import SamplerOptions
+from samplers import SamplerOptions, jobs
 from samplers.sampler import check_network
 from torch_utils import distributed as dist
 
@@ -223,16 +222,16 @@ def _score_point(net, network, seeds, outdir, point, base, ref, detector, *, cla
     folder = _point_dir(outdir, point)
     images = os.path.join(folder, 'images')
     options = point.options(base)
-    record = generate.options_record(network, class_idx, options)
+    record = jobs.options_record(network, class_idx, options)
 
     def prepare():
         os.makedirs(images, exist_ok=True)
-        existing = any(os.path.isfile(generate.image_path(images, seed)) for seed in seeds)
-        generate.check_options_record(images, record, existing)
-        generate.write_options_record(images, record)
-    dist.run_on_rank0(prepare, generate.GenerateError)
+        existing = any(os.path.isfile(jobs.image_path(images, seed)) for seed in seeds)
+        jobs.check_options_record(images, record, existing)
+        jobs.write_options_record(images, record)
+    dist.run_on_rank0(prepare, jobs.GenerateError)
     t0 = time.time()
-    generate.generate_images(net, seeds, images, options, class_idx=class_idx, max_batch_size=max_batch_size,
+    jobs.generate_images(net, seeds, images, options, class_idx=class_idx, max_batch_size=max_batch_size,
                              device=device, progress=progress)
     seconds_generate = time.time() - t0
     dataset = open_images(images)
@@ -303,7 +302,7 @@ def open_sweep(net, network, seeds, outdir, ref_path, *, base, detector_url, cla
     """(reference statistics, detector, the folder's record) of a sweep, after checking the class and the
     folder's record (shared by run_sweep and run_search); `allow_pickle_code` is passed to the
     detector loader (None: the EDMKIT_ALLOW_PICKLE_CODE variable decides)."""
-    generate.check_class(net, class_idx)
+    jobs.check_class(net, class_idx)
     ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
     detector = dist.leader_first(lambda: load_detector(detector_url, device=device, allow_pickle_code=allow_pickle_code),
                                  MetricError)

@@ -23,7 +23,7 @@ from bench.bench_sampler import time_calls, time_sampler  # noqa: E402
 from bench.options import bench_device  # noqa: E402
 from samplers import Sampler, SamplerOptions  # noqa: E402
 from samplers.discrete import grid_levels  # noqa: E402
-from training import adm  # noqa: E402
+from networks import adm  # noqa: E402
 
 NETS = dict(
     tiny=('--image_size 16 --num_channels 32 --channel_mult 1,2 --num_res_blocks 1 --attention_resolutions 8 '

@@ -43,7 +43,7 @@ from bench.options import bench_device  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
 from samplers.fast import FastPathError, FastPaths  # noqa: E402
 from torch_utils import images as image_io  # noqa: E402
-from training import loader  # noqa: E402
+from safeload import networks as loader  # noqa: E402
 
 
 def paths(compile_backend, all_autocast):

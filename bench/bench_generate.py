@@ -29,7 +29,7 @@ from bench.bench_sampler import build_net  # noqa: E402
 from bench.options import bench_device, positive_int_list  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
 from torch_utils import images as image_io  # noqa: E402
-from training import networks  # noqa: E402
+from networks import edm as networks  # noqa: E402
 
 
 def tiny_net(resolution, seed=0):

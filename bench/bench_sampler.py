@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.options import bench_device  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels  # noqa: E402
-from training import networks  # noqa: E402
+from networks import edm as networks  # noqa: E402
 
 # EDM's CIFAR-10 DDPM++ network (train.py --arch=ddpmpp --cond=1), about 56M parameters.
 CIFAR10_DDPMPP = dict(img_resolution=32, img_channels=3, label_dim=10, model_type='SongUNet',

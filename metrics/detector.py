@@ -18,8 +18,9 @@ import zipfile
 import torch
 
 import dnnlib
-from training.loader import ALLOW_CODE_ENV, pickle_code_allowed
-from training.safe_unpickle import BadPickleError, UnsafePickleError, _Unpickler, scan
+from safeload.networks import ALLOW_CODE_ENV, pickle_code_allowed
+from safeload.npz import NpzError
+from safeload.unpickle import BadPickleError, UnsafePickleError, _Unpickler, scan
 
 # NVIDIA's TorchScript translation of the TensorFlow Inception-v3 used for FID (as in EDM).
 INCEPTION_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
@@ -31,6 +32,14 @@ MAX_CODE_BYTES = 32 << 20   # TorchScript source in one archive (NVIDIA's Incept
 
 class MetricError(Exception):
     """Bad input to a metric computation; the message is one line saying what and why."""
+
+
+def as_metric_error(fn, *args, **kwargs):
+    """fn(*args, **kwargs), with a damaged .npz file (safeload.npz.NpzError) raised as MetricError."""
+    try:
+        return fn(*args, **kwargs)
+    except NpzError as err:
+        raise MetricError(str(err)) from None
 
 
 def one_line(err):

@@ -9,10 +9,9 @@ import torch
 
 import dnnlib
 from torch_utils import distributed as dist
-from training.dataset import ImageFolderDataset
+from training.dataset import ImageFolderDataset, NpzImageDataset
 
-from .detector import MetricError, one_line
-from .npz import NpzImageDataset
+from .detector import MetricError, as_metric_error, one_line
 
 #----------------------------------------------------------------------------
 # Collective helpers: every rank sees the same outcome, so an error never leaves a rank waiting.
@@ -57,7 +56,7 @@ def open_images(path, max_size=None, seed=0):
     if not os.path.exists(path):
         raise MetricError(f'{path}: no such folder or file')
     if os.path.isfile(path) and path.lower().endswith('.npz'):
-        return NpzImageDataset(path, max_size=max_size, random_seed=seed)
+        return as_metric_error(NpzImageDataset, path, max_size=max_size, random_seed=seed)
     try:
         return ImageFolderDataset(path=path, max_size=max_size, random_seed=seed)
     except (IOError, ValueError) as err:

@@ -16,9 +16,11 @@ import numpy as np
 import dnnlib
 from torch_utils import distributed as dist
 
-from .detector import INCEPTION_URL, MetricError
+from safeload.npz import inspect_npz, read_array
+from training.dataset import NpzImageDataset
+
+from .detector import INCEPTION_URL, MetricError, as_metric_error
 from .features import broadcast, compute_feature_stats, leader_first
-from .npz import NpzImageDataset, inspect_npz, read_array
 
 STATS_SOURCES = ('auto', 'stored', 'images')
 CACHE_VERSION = 'edmkit-fid-ref-cache/1'
@@ -44,7 +46,7 @@ def inspect_reference(path_or_url, verbose=False):
         path = dnnlib.util.open_url(path_or_url, verbose=verbose, return_filename=True)
     except OSError as err:
         raise MetricError(f'cannot read reference statistics: {err}') from None
-    ref = ReferenceFile(path_or_url, path, inspect_npz(path, label=path_or_url))
+    ref = ReferenceFile(path_or_url, path, as_metric_error(inspect_npz, path, label=path_or_url))
     if not ref.has_stats and not ref.has_images:
         missing = [key for key in ('mu', 'sigma') if key not in ref.arrays]
         raise MetricError(f'{path_or_url}: no {" or ".join(missing)} array and no arr_0 images (found: {ref.names()})')
@@ -81,7 +83,7 @@ def _read_checked(ref, name, shape):
             any(want is not None and got != want for got, want in zip(array.shape, shape)):
         expected = 'x'.join('N' if want is None else str(want) for want in shape)
         raise MetricError(f'{ref.label}: {name} is {array.describe()}; expected real numbers of shape [{expected.replace("x", ", ")}]')
-    values = read_array(ref.path, array, ref.label)
+    values = as_metric_error(read_array, ref.path, array, ref.label)
     if not np.isfinite(values).all():
         raise MetricError(f'{ref.label}: {name} holds NaN or infinite values')
     return values
@@ -160,7 +162,7 @@ def _read_cache(path):
     if not os.path.isfile(path):
         return None
     try:
-        stats = load_stats(ReferenceFile(path, path, inspect_npz(path)), features=True)
+        stats = load_stats(ReferenceFile(path, path, as_metric_error(inspect_npz, path)), features=True)
     except MetricError:
         return None
     return stats if 'features' in stats else None
@@ -183,7 +185,7 @@ def reference_from_images(ref, detector, detector_digest, device=None, verbose=T
         if leader:
             print(f'Reference statistics of the images in "{ref.label}" from the cache ({path})')
         return stats, path
-    dataset = leader_first(lambda: NpzImageDataset(ref.path, name=os.path.basename(ref.label)))
+    dataset = leader_first(lambda: as_metric_error(NpzImageDataset, ref.path, name=os.path.basename(ref.label)))
     if leader:
         print(f'Calculating reference statistics of {len(dataset)} images in "{ref.label}" (cached afterwards)...')
     stats = compute_feature_stats(dataset, detector, image_path=ref.label, device=device, verbose=verbose,

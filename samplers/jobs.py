@@ -33,6 +33,9 @@ from .fast import FastPaths
 from .noise import SeedNoise, latents_and_labels
 from .sampler import Sampler, SamplerOptions
 
+# The bundled class-conditional MNIST model (docs/bundled-model.md), used when --network is not given.
+DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models', 'mnist-cond-32x32.pkl')
+
 OPTIONS_RECORD = 'generate-options.json'
 GRID_MAX_IMAGES = 1024
 

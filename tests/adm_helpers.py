@@ -1,7 +1,7 @@
 """Test helpers: guided-diffusion checkpoints built from the architecture's rules.
 
 `adm_state_shapes` describes guided-diffusion's UNetModel state dict from its construction
-rules, written from the architecture (not from training/adm.py), so the tests that use it
+rules, written from the architecture (not from networks/adm.py), so the tests that use it
 check the mapping independently.
 """
 
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from training import adm
+from networks import adm
 
 def adm_state_shapes(image_size, num_channels, num_res_blocks, channel_mult, attention_resolutions,
                      num_heads=4, num_head_channels=-1, num_heads_upsample=-1, learn_sigma=False, class_cond=False,

@@ -1,7 +1,7 @@
 """guided-diffusion (ADM) checkpoints: flags, state-dict mapping, ADMPrecond, conversion.
 
 The tests build ADM state dicts themselves from guided-diffusion's construction rules
-(`adm_state_shapes` below, written from the architecture, not from training/adm.py), so a
+(`adm_state_shapes` below, written from the architecture, not from networks/adm.py), so a
 wrong mapping fails here; docs/adm.md records the parity measured against the original code.
 """
 
@@ -17,7 +17,8 @@ import torch
 
 import convert
 from adm_helpers import TINY, adm_state_shapes, random_state, shapes_of
-from training import adm, loader, networks
+from networks import adm, edm as networks
+from safeload import networks as loader
 
 TINY_VARIANTS = {
     'new order, ch/head, learned sigma': TINY,

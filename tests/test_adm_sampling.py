@@ -23,7 +23,7 @@ from adm_helpers import TINY, tiny_adm
 from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
 from samplers import discrete, jobs, solvers
 from samplers.time_shift import DiscreteTimeShift, TimeShiftError, TSDPMTimeShift
-from training import adm, networks
+from networks import adm, edm as networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = TINY + ' --diffusion_steps 100'               # learned sigma, cosine, 100 timesteps

@@ -34,7 +34,8 @@ import train
 from torch_utils import cli
 from torch_utils import images as image_io
 from torch_utils import training_stats
-from training import networks, weights
+from networks import edm as networks
+from safeload import weights
 
 COMMANDS = dict(generate=generate.main, convert=convert.main, dataset_tool=dataset_tool.main, train=train.main,
                 exposure=exposure.main, fid=fid.main, image_sample=image_sample.main)

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import generate
-from training import loader
+from safeload import networks as loader
 
 
 def test_bundled_model_loads_safely_and_runs():
@@ -17,7 +17,7 @@ def test_bundled_model_loads_safely_and_runs():
     assert os.path.getsize(path) < 20 * 1024 * 1024
     data = loader.load_network_pickle(path)  # restricted loader: no code from the file runs
     net = loader.network_from_pickle_data(data, path)
-    assert type(net).__module__ == 'training.networks' and type(net).__name__ == 'EDMPrecond'
+    assert type(net).__module__ == 'networks.edm' and type(net).__name__ == 'EDMPrecond'
     assert (net.img_resolution, net.img_channels, net.label_dim) == (32, 1, 10)
     assert data['dataset_kwargs']['path'] == 'datasets/mnist-32x32.zip'  # no machine path inside
     x = torch.randn(2, 1, 32, 32)

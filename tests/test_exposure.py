@@ -296,12 +296,12 @@ def scoring(files):
 
 def test_sweep_resumes_and_skips_finished_points(net, files, scoring, tmp_path, monkeypatch):
     calls = []
-    real = generate.generate_images
+    real = jobs.generate_images
 
     def counting(net, seeds, outdir, options, **kwargs):
         calls.append(options.eps_scaler)
         return real(net, seeds, outdir, options, **kwargs)
-    monkeypatch.setattr(generate, 'generate_images', counting)
+    monkeypatch.setattr(jobs, 'generate_images', counting)
     run = lambda points, **kw: exposure.run_sweep(  # noqa: E731
         net, files['pkl'], list(range(6)), str(tmp_path / 's'), points, scoring['ref'], detector_url=scoring['det'],
         base=SamplerOptions(num_steps=3, solver='euler'), replicates=20, progress=False, log=lambda *_: None, **kw)

@@ -16,10 +16,10 @@ from adm_helpers import TINY, tiny_adm
 from analysis.sweep import GridPoint, grid_points, parse_slopes, parse_ts, run_sweep
 from analysis.search import run_search
 from samplers import SamplerOptionError, SamplerOptions, SeedNoise, latents_and_labels
-from samplers import discrete, recording
+from samplers import discrete, jobs, recording
 from samplers.recording import LayoutError, evaluation_layout, layout_note
 from test_exposure import cli, gray_images, scoring, write_dataset  # noqa: F401 (scoring: a fixture over this module's files)
-from training import networks
+from networks import edm as networks
 from training.dataset import ImageFolderDataset
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit:DeprecationWarning')
@@ -287,12 +287,12 @@ def test_time_shift_settings_carry_their_mode():
 
 def test_discrete_sweep_over_b_k_and_both_time_shift_modes_resumes(small, files, scoring, tmp_path, monkeypatch):
     calls = []
-    real = generate.generate_images
+    real = jobs.generate_images
 
     def counting(net, seeds, outdir, options, **kwargs):
         calls.append((options.eps_scaler, options.eps_scaler_k, options.ts_mode, options.ts_window))
         return real(net, seeds, outdir, options, **kwargs)
-    monkeypatch.setattr(generate, 'generate_images', counting)
+    monkeypatch.setattr(jobs, 'generate_images', counting)
     run = lambda points, **kw: run_sweep(  # noqa: E731
         small, files['pkl'], list(range(5)), str(tmp_path / 's'), points, scoring['ref'], detector_url=scoring['det'],
         base=SamplerOptions(solver='ddim', respacing='5'), replicates=10, progress=False, log=lambda *_: None, **kw)

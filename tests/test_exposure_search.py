@@ -193,12 +193,12 @@ def test_search_reuses_finished_grid_points(setup, tmp_path, monkeypatch):
     run_sweep(setup['net'], setup['pkl'], SEEDS, str(tmp_path / 's'), grid_points([1.0, 0.96, 1.04], [(0, 1.0)]),
               setup['ref'], detector_url=setup['det'], base=base, replicates=20, progress=False, log=lambda *_: None)
     fresh = search(setup, tmp_path / 'fresh')
-    calls, real = [], generate.generate_images
+    calls, real = [], jobs.generate_images
 
     def counting(net, seeds, outdir, options, **kwargs):
         calls.append(options.eps_scaler)
         return real(net, seeds, outdir, options, **kwargs)
-    monkeypatch.setattr(generate, 'generate_images', counting)
+    monkeypatch.setattr(jobs, 'generate_images', counting)
     doc = search(setup, tmp_path / 's')
     assert 1.0 not in calls and 0.96 not in calls and 1.04 not in calls  # the grid's features, reordered by seed
     assert outcome(doc) == outcome(fresh) and doc['images_new'] < fresh['images_new']

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import dnnlib
-from training import loader, networks, safe_unpickle, weights
-from training.loader import NetworkLoadError
+from networks import edm as networks
+from safeload import networks as loader, unpickle as safe_unpickle, weights
+from safeload.networks import NetworkLoadError
 
 #----------------------------------------------------------------------------
 # A tiny pickle assembler: enc() writes plain values, Raw() splices opcodes in.

@@ -4,7 +4,7 @@ import socket
 import pytest
 import torch
 
-from training.loader import NetworkLoadError, load_network
+from safeload.networks import NetworkLoadError, load_network
 
 
 class Tiny(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""training/networks.py: EDM's U-Nets and preconditioners at tiny sizes, on the CPU.
+"""networks/edm.py: EDM's U-Nets and preconditioners at tiny sizes, on the CPU.
 
 The EDM_* tables are figures measured with NVIDIA's EDM code on the same configurations.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from torch_utils import persistence
-from training import networks
+from networks import edm as networks
 
 ARCHS = dict(
     ddpmpp=dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',

@@ -10,8 +10,10 @@ import torch
 
 import convert
 from torch_utils import persistence
-from training import augment, loader, loss, networks, weights
-from training.loader import NetworkLoadError
+from networks import edm as networks
+from safeload import networks as loader, weights
+from training import augment, loss
+from safeload.networks import NetworkLoadError
 
 
 class _Reduce:
@@ -76,7 +78,7 @@ def test_embedded_source_never_runs(tmp_path):
     path.write_bytes(pickle.dumps(dict(ema=record)))
     net = loader.load_network(str(path))
     assert not marker.exists()
-    assert type(net).__module__ == 'training.networks'
+    assert type(net).__module__ == 'networks.edm'
     x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 2.0])
     assert torch.equal(net(x, sigma), reference.eval()(x, sigma))
 
@@ -103,7 +105,7 @@ def test_safe_load_equals_code_executing_load(tmp_path, precond, arch):
     data = pickle.dumps(snapshot)
     safe = loader.load_network_pickle(_write(tmp_path, data))
     executed = pickle.loads(data)
-    assert type(safe['ema']).__name__ == precond and type(safe['ema']).__module__ == 'training.networks'
+    assert type(safe['ema']).__name__ == precond and type(safe['ema']).__module__ == 'networks.edm'
     assert type(safe['loss_fn']).__name__ == 'EDMLoss' and type(safe['augment_pipe']).__name__ == 'AugmentPipe'
     assert safe['augment_pipe'].init_kwargs == executed['augment_pipe'].init_kwargs
     assert safe['dataset_kwargs'] == snapshot['dataset_kwargs']

@@ -11,7 +11,7 @@ from samplers import (Churn, EpsilonScaling, Sampler, SamplerOptionError, Sample
                       at_step, eps_scalers, latents_and_labels, noise_levels, reference_grid, sample_euler,
                       sample_heun, select_sigma, with_zero)
 from samplers import schedules
-from training import networks
+from networks import edm as networks
 
 
 def tiny_net(precond='EDMPrecond', label_dim=0, channels=3, resolution=8, seed=0):

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 import train
 from torch_utils import training_stats
-from training import loader
+from safeload import networks as loader
 from training import training_loop as tl
 from training.augment import AugmentPipe
 from training.loss import EDMLoss, SampleRNG, VELoss, VPLoss

@@ -1,4 +1,5 @@
-"""Datasets made by dataset_tool.py (ZIP or folder of PNGs + dataset.json), as torch Datasets.
+"""Datasets made by dataset_tool.py (ZIP or folder of PNGs + dataset.json), as torch Datasets,
+and the images of an .npz file (guided-diffusion's samples and reference batches).
 
 Class names, constructor arguments and behaviour match EDM's training/dataset.py, because
 training options and network pickles name 'training.dataset.ImageFolderDataset' and pass
@@ -14,6 +15,7 @@ import PIL.Image
 import torch
 
 import dnnlib.util
+from safeload import npz
 
 try:
     import pyspng  # optional fast PNG decoder
@@ -251,3 +253,67 @@ class ImageFolderDataset(Dataset):
         return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
 
 #----------------------------------------------------------------------------
+
+
+class NpzImageDataset(Dataset):
+    """Images of one array of an .npz file (default arr_0), read lazily; labels are not used."""
+
+    def __init__(self, path, key='arr_0', name=None, **super_kwargs):
+        self._path = path
+        self._handle = None         # the open file, or the open member of self._zip
+        self._zip = None
+        self._handle_pid = None
+        arrays = npz.inspect_npz(path)
+        if key not in arrays:
+            found = ', '.join(sorted(arrays)) or 'nothing'
+            raise npz.NpzError(f'{path}: no {key} array of images (found: {found})')
+        self._array = arrays[key]
+        n, c, h, w = npz.image_array_shape(self._array, path)
+        self._image_bytes = c * h * w
+        self._hwc = (h, w, c)
+        self._stored = self._array.info.compress_type == zipfile.ZIP_STORED
+        self._data_offset = None
+        if self._stored:
+            with open(path, 'rb') as fp:
+                self._data_offset = npz.member_data_offset(fp, self._array.info) + self._array.header_size
+        super().__init__(name=name or os.path.splitext(os.path.basename(path))[0], raw_shape=[n, c, h, w], **super_kwargs)
+
+    def image_name(self, raw_idx):
+        return f'{self._array.name}[{raw_idx}]'
+
+    def _open(self):
+        # A handle inherited through fork shares its file offset with the parent: reopen per process.
+        if self._handle is None or self._handle_pid != os.getpid():
+            if self._stored:
+                self._handle = open(self._path, 'rb')
+            else:
+                self._zip = zipfile.ZipFile(self._path)
+                self._handle = self._zip.open(self._array.info)
+            self._handle_pid = os.getpid()
+        return self._handle
+
+    def close(self):
+        try:
+            if self._handle_pid == os.getpid():
+                for f in (self._handle, self._zip):
+                    if f is not None:
+                        f.close()
+        finally:
+            self._handle = None
+            self._zip = None
+            self._handle_pid = None
+
+    def __getstate__(self):
+        return dict(super().__getstate__(), _handle=None, _zip=None, _handle_pid=None)
+
+    def _load_raw_image(self, raw_idx):
+        f = self._open()
+        offset = int(raw_idx) * self._image_bytes
+        f.seek(self._data_offset + offset if self._stored else self._array.header_size + offset)
+        data = f.read(self._image_bytes)
+        if len(data) != self._image_bytes:
+            raise IOError(f'{self._path}: file is truncated at image {raw_idx}')
+        return np.frombuffer(data, dtype=np.uint8).reshape(self._hwc).transpose(2, 0, 1)
+
+    def _load_raw_labels(self):
+        return None

@@ -252,12 +252,13 @@ class NpzSource(ImageSource):
     arr_0 (read one at a time, sizes checked against the file), class labels in arr_1 if any."""
 
     def __init__(self, path: str):
-        from metrics import npz  # metrics/npz.py reads .npz files without unpickling or trusting headers
+        from safeload import npz  # reads .npz files without unpickling or trusting headers
+        from training.dataset import NpzImageDataset
         try:
-            self.dataset = npz.NpzImageDataset(path)
+            self.dataset = NpzImageDataset(path)
             arrays = npz.inspect_npz(path)
             labels = npz.read_array(path, arrays['arr_1']) if 'arr_1' in arrays else None
-        except npz.MetricError as err:
+        except npz.NpzError as err:
             raise DatasetToolError(str(err)) from None
         n = len(self.dataset)
         if labels is not None:

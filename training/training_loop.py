@@ -73,8 +73,8 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 def load_state_dump(path):
     """Return the dict written by a state dump (tensors on the CPU). Read without torch.load,
-    bounded by the file's size (training/safe_unpickle.py); ValueError (one line) if invalid."""
-    from training import safe_unpickle
+    bounded by the file's size (safeload/unpickle.py); ValueError (one line) if invalid."""
+    from safeload import unpickle as safe_unpickle
     with open(path, 'rb') as f:
         raw = f.read()
     try:
@@ -182,7 +182,7 @@ def training_loop(
     ema = copy.deepcopy(net).eval().requires_grad_(False)
 
     # Initial weights from a network pickle (--transfer), then the state dump (--resume).
-    from training.loader import NetworkLoadError, load_network
+    from safeload.networks import NetworkLoadError, load_network
     try:
         if resume_pkl is not None and state is None:
             dist.print0(f'Loading network weights from "{resume_pkl}"...')

@@ -63,8 +63,8 @@ def save_weights(data, f):
 def load_weights(data: bytes):
     """Rebuild the dict stored by save_weights() from the file's bytes; WeightsFormatError (one
     line) for any file that is not a valid weights-only file. Nothing in the file runs, and
-    loading is bounded by the file's size as for pickles (training/safe_unpickle.py)."""
-    from training import safe_unpickle
+    loading is bounded by the file's size as for pickles (safeload/unpickle.py)."""
+    from safeload import unpickle as safe_unpickle
     try:
         payload = safe_unpickle.load_torch_archive(data)
     except (safe_unpickle.BadPickleError, safe_unpickle.UnsafePickleError) as err:

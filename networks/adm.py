@@ -17,7 +17,8 @@ import shlex
 import torch
 
 import dnnlib
-from training import networks
+from networks import edm as networks
+from safeload.checkpoints import CheckpointError, read_state_dict
 
 #----------------------------------------------------------------------------
 # Flags.
@@ -414,27 +415,6 @@ def adm_state_dict(net, flags):
 # Checkpoints.
 
 
-def read_checkpoint(path_or_url):
-    """The state dict in a guided-diffusion `.pt` file (path or URL), read with weights_only=True."""
-    try:
-        path = dnnlib.util.open_url(path_or_url, return_filename=True)
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except OSError as err:  # OpenURLError included
-        raise ADMError(f'cannot read {path_or_url}: {err}') from None
-    except Exception as err:  # torch.load reports a bad or unsafe file in many ways
-        text = str(err).strip()
-        if 'weights_only' in text or 'Weights only load failed' in text:
-            raise ADMError(f'refusing {path_or_url}: loading it would run code from the file (not a plain state dict)') from None
-        if 'central directory' in text or 'zip archive' in text:
-            raise ADMError(f'cannot read {path_or_url} as a PyTorch checkpoint (truncated or not a torch.save zip file)') from None
-        first = text.splitlines()[0][:200] if text else type(err).__name__
-        raise ADMError(f'cannot read {path_or_url} as a PyTorch checkpoint ({first})') from None
-    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                             for k, v in state.items()):
-        raise ADMError(f'{path_or_url} does not hold a state dict of tensors (found {type(state).__name__})')
-    return state
-
-
 def num_classes_of(state, flags):
     """The class count of a class-conditional checkpoint (rows of label_emb.weight), else None."""
     weight = state.get('label_emb.weight')
@@ -450,7 +430,10 @@ def load_adm_checkpoint(path_or_url, flags):
 
     The flags' network is first built on the meta device and checked against the file, so
     flags asking for more weights than the file holds cost no memory and fail at once."""
-    state = read_checkpoint(path_or_url)
+    try:
+        state = read_state_dict(path_or_url)
+    except CheckpointError as err:
+        raise ADMError(str(err)) from None
     if all(name.startswith('module.') for name in state):  # saved from a DDP wrapper
         state = {name[len('module.'):] if name.startswith('module.') else name: t for name, t in state.items()}
     source = os.path.basename(str(path_or_url)) or str(path_or_url)

@@ -675,12 +675,19 @@ def build_object(cls, args, kwargs, tensors, max_bytes):
     return obj
 
 
+# The modules whose persistent classes a pickle may name (by class name), and among them those
+# whose *Precond classes are denoisers. They are named, not imported here: this package sits
+# below networks/ and training/ and imports them only when a pickle is rebuilt.
+PERSISTENT_MODULES = ('networks.edm', 'training.loss', 'training.augment')
+NETWORK_MODULES = ('networks.edm',)
+
+
 def known_classes():
     """Return {class name: class} for every persistent class this toolkit defines."""
     import importlib
     from torch_utils import persistence
     classes = dict()
-    for module_name in ('training.networks', 'training.loss', 'training.augment'):
+    for module_name in PERSISTENT_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -692,9 +699,9 @@ def known_classes():
 
 
 def network_classes():
-    """The toolkit's denoisers: every persistent class of training.networks named *Precond."""
+    """The toolkit's denoisers: every persistent class of NETWORK_MODULES named *Precond."""
     return tuple(cls for name, cls in known_classes().items()
-                 if name.endswith('Precond') and cls.__module__ == 'training.networks')
+                 if name.endswith('Precond') and cls.__module__ in NETWORK_MODULES)
 
 
 def is_network(obj) -> bool:

@@ -12,7 +12,7 @@ import sys
 import torch
 
 import dnnlib
-from training import safe_unpickle, weights
+from safeload import unpickle as safe_unpickle, weights
 
 ALLOW_CODE_ENV = 'EDMKIT_ALLOW_PICKLE_CODE'
 
