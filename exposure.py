@@ -20,8 +20,7 @@ from analysis.search import format_search, run_search
 from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_slopes, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
-from samplers import SamplerOptionError, SamplerOptions, cli_options, jobs
-from samplers.sampler import TSDPM_DEFAULT_CUTOFF
+from samplers import SamplerOptionError, cli_options, jobs
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
@@ -93,13 +92,6 @@ def _common_options(fn):
     return fn
 
 
-def _options(**kwargs):
-    given = {key: value for key, value in kwargs.items() if value is not None}
-    if 'ts_cutoff' not in given and given.get('ts_mode') == 'tsdpm':
-        given['ts_cutoff'] = TSDPM_DEFAULT_CUTOFF  # as generate.py: TS-DPM-ADM's default, an original timestep
-    return SamplerOptions(**given)
-
-
 @click.group(context_settings=dict(max_content_width=120))
 def main():
     """Exposure-bias analysis (arXiv 2308.15321) for EDM's samplers and for DDPM/DDIM on ADM networks:
@@ -164,7 +156,7 @@ def main():
 def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, data_path, outdir, **sampler_kwargs):
     """Mean ||eps||_2 at every network evaluation: sampling vs training images."""
     def work(device):
-        options = _options(**sampler_kwargs)
+        options = cli_options.options_from_cli(sampler_kwargs)
         options.check()
         seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
         dataset = _open_dataset(data_path)
@@ -236,7 +228,7 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
     images spent. Points already scored in the folder are reused.
     """
     def work(device):
-        base = _options(**sampler_kwargs)
+        base = cli_options.options_from_cli(sampler_kwargs)
         base.check()
         points = grid_points(parse_scalers(scalers), parse_ts(ts_text), parse_slopes(slopes))
         seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
