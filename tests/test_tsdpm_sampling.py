@@ -515,3 +515,57 @@ def test_help_text_in_sync(repo_root):
         assert result.output == f.read(), 'regenerate: python -c "import run_generate; from click.testing import ' \
             'CliRunner; print(CliRunner().invoke(run_generate.main, [\'--help\'], prog_name=\'run_generate.py\').output, ' \
             'end=\'\')" > docs/run-generate-help.txt'
+
+#----------------------------------------------------------------------------
+# The toolkit's --solver=fpndm-pndm: F-PNDM with PNDM's timestep midpoint on discrete networks.
+
+
+def test_fpndm_pndm_evaluates_the_timestep_midpoint():
+    from samplers import multistep
+    levels = torch.tensor([0.01 * 1.5 ** k for k in range(20)], dtype=torch.float64)   # sigma_t, t = 0..19 (geometric)
+    grid = torch.cat([levels[[19, 14, 9, 4, 1]], torch.zeros(1, dtype=torch.float64)])
+    seen = []
+
+    def denoiser(x, sigma, class_labels=None):
+        seen.append(float(sigma.flatten()[0]))
+        return x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    x = torch.randn([2, 1, 2, 2], generator=torch.Generator().manual_seed(0))
+    out = multistep.sample_fpndm_pndm(denoiser, x, grid, midpoint=multistep.timestep_midpoint(levels))
+    mids = [float(levels[(a + b) // 2]) for a, b in [(19, 14), (14, 9), (9, 4)]]    # timesteps 16, 11, 6
+    assert [seen[1], seen[5], seen[9]] == mids and [seen[2], seen[6], seen[10]] == mids   # 4 evaluations a step
+    # The default fpndm evaluates the level nearest the sigma midpoint, elsewhere on this grid.
+    nearest = lambda s: float(levels[(levels - s).abs().argmin()])
+    assert nearest(0.5 * (levels[19] + levels[14])) != mids[0]
+    seen.clear()
+    default = multistep.sample_fpndm(denoiser, x, grid, churn=solvers_churn(nearest))
+    assert seen[1] == nearest(0.5 * float(levels[19] + levels[14])) and not torch.equal(default, out)
+    with pytest.raises(ValueError, match='discrete'):
+        multistep.sample_fpndm_pndm(denoiser, x, grid)
+
+
+def solvers_churn(nearest):
+    from samplers import solvers
+    return solvers.Churn(round_sigma=lambda s: torch.tensor(nearest(float(s)), dtype=torch.float64))
+
+
+def test_fpndm_pndm_needs_a_discrete_network():
+    from test_samplers import tiny_net
+    from samplers import Sampler, SamplerOptionError, SamplerOptions
+    with pytest.raises(SamplerOptionError, match='fpndm-pndm needs a discrete-time network'):
+        Sampler(tiny_net(), SamplerOptions(solver='fpndm-pndm', num_steps=5))
+
+
+def test_fpndm_pndm_on_an_adm_network():
+    from adm_helpers import TINY, tiny_adm
+    from samplers import Sampler, SamplerOptions
+    net = tiny_adm(TINY + ' --diffusion_steps 100')[0]
+    x = torch.randn([1, net.img_channels, net.img_resolution, net.img_resolution], generator=torch.Generator().manual_seed(0))
+    sampler = Sampler(net, SamplerOptions(solver='fpndm-pndm', respacing='10'))
+    calls, inner = [], sampler.denoiser
+    sampler.denoiser = lambda x, sigma, labels=None: calls.append(float(sigma.flatten()[0])) or inner(x, sigma, labels)
+    assert torch.isfinite(sampler(x)).all()
+    levels, grid = net.sigmas.tolist(), sampler.sigmas.tolist()
+    t0, t1 = levels.index(grid[0]), levels.index(grid[1])
+    assert calls[1] == calls[2] == levels[(t0 + t1) // 2]          # PNDM's midpoint, a timestep of the network
+    assert calls[1] != float(net.round_sigma(torch.tensor(0.5 * (grid[0] + grid[1]), dtype=torch.float64)))
