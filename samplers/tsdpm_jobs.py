@@ -60,9 +60,12 @@ def folder_name(options, dataset):
 
 
 def file_digest(path):
-    """SHA-256 of a (small) file, to record which config made a folder."""
+    """SHA-256 of a file (read in 1 MiB pieces), to record which config and checkpoint made a folder."""
+    digest = hashlib.sha256()
     with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        for piece in iter(lambda: f.read(1 << 20), b''):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass
