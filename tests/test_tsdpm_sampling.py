@@ -499,6 +499,34 @@ def test_run_generate_bad_options(tiny, args, message):
 
 
 @needs_backbones
+def test_run_generate_checkpoint_that_does_not_fit(tiny):
+    (tiny / 'config' / 'wide.yml').write_text(TINY.replace('ch: 32', 'ch: 64'))
+    res = invoke('--config', 'wide.yml', '--model_path', 'tiny.ckpt', '--method', 'euler', '--sample_speed', 5, '--image_path', 'out')
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and 'Traceback' not in res.output
+    assert not (tiny / 'out').exists()
+
+
+@needs_backbones
+def test_run_generate_one_or_two_processes_give_the_same_files(tiny, repo_root):
+    import subprocess
+    import sys
+    from torch_utils import images as image_io
+
+    def torchrun(nproc, out):
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+               os.path.join(repo_root, 'run_generate.py'), '--config', 'tiny.yml', '--model_path', 'tiny.ckpt',
+               '--method', 'ddpm', '--eta', '0.5', '--sample_speed', 4, '--total_num_imgs', 5, '--batch_size', 2,
+               '--device', 'cpu', '--image_path', out]
+        res = subprocess.run([str(c) for c in cmd], cwd=tiny, capture_output=True, text=True, timeout=180)
+        assert res.returncode == 0, res.stderr
+    torchrun(2, tiny / 'two')
+    torchrun(1, tiny / 'one')
+    names = [f'{i}.png' for i in range(5)]
+    assert sorted(p.name for p in (tiny / 'two').glob('*.png')) == names
+    assert all(np.array_equal(image_io.read_png(tiny / 'one' / n), image_io.read_png(tiny / 'two' / n)) for n in names)
+
+
+@needs_backbones
 def test_run_generate_unwritable_image_path(tiny):
     (tiny / 'file').write_text('x')
     res = invoke('--config', 'tiny.yml', '--model_path', 'tiny.ckpt', '--method', 'euler', '--sample_speed', 5,
