@@ -465,6 +465,20 @@ def test_run_generate_end_to_end(tiny):
     assert res.exit_code == 0 and sorted(p.name for p in (tiny / 'mine').glob('*.png')) == ['0.png', '1.png', '2.png']
 
 
+@needs_backbones
+@pytest.mark.parametrize('name', ['ddim_cifar10', 'ddim_celeba', 'ddim_church', 'ddim_bedroom', 'iddpm_cifar10',
+                                  'pf_cifar10', 'pf_deep_cifar10'])
+def test_shipped_configs_give_their_backbones(name):
+    from networks import tsdpm as backbones
+    config = backbones.read_config(tsdpm_jobs.resolve_config(name))
+    schedule = backbones.schedule_of(config)
+    assert schedule['diffusion_steps'] == 1000 and schedule['schedule'] == ('cosine' if name.startswith('iddpm') else 'linear')
+    assert config['Dataset']['image_size'] == dict(ddim_celeba=64, ddim_church=256, ddim_bedroom=256).get(name, 32)
+    with torch.device('meta'):
+        net = backbones.build_backbone(config)
+    assert sum(p.numel() for p in net.parameters()) > 10 ** 6
+
+
 BAD_CONFIGS = [
     (TINY.replace('struc: DDIM', 'struc: Unet'), 'struc'),
     (TINY.replace('beta_start: 0.0001, ', ''), 'beta_start'),
