@@ -365,10 +365,18 @@ def precond_kwargs(config):
     return dict(img_resolution=size, img_channels=channels, struc=struc, arch=arch, **schedule_of(config))
 
 
+def _checked_precond_kwargs(config):
+    """precond_kwargs(config), after building the backbone on the meta device (so that a bad
+    Model section is named as such)."""
+    kwargs = precond_kwargs(config)
+    with torch.device('meta'):
+        _construct(BACKBONES[kwargs['struc']].cls, kwargs['arch'])
+    return kwargs
+
+
 def build_precond(config):
     """A TSDPMPrecond with random weights for a parsed TS-DPM config."""
-    kwargs = precond_kwargs(config)
-    return _construct(TSDPMPrecond, kwargs)
+    return _construct(TSDPMPrecond, _checked_precond_kwargs(config))
 
 #----------------------------------------------------------------------------
 # Configs and checkpoints.
@@ -479,9 +487,7 @@ def load_backbone(path, config):
 
 def load_precond(path, config):
     """A TSDPMPrecond (eval mode, CPU) for `config` holding the weights of checkpoint `path`."""
-    kwargs = precond_kwargs(config)
-    with torch.device('meta'):
-        _construct(TSDPMPrecond, kwargs)  # the schedule and the backbone fit, before the file is read
+    kwargs = _checked_precond_kwargs(config)  # a bad config fails before the file is read
     state = _checked_state(kwargs['struc'], kwargs['arch'], path)
     net = _construct(TSDPMPrecond, kwargs)
     with torch.no_grad():
