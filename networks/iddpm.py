@@ -40,8 +40,9 @@ class IDDPMConv1d(torch.nn.Module):
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 1) / math.sqrt(in_channels))
-        self.bias = torch.nn.Parameter(torch.zeros(out_channels))
+        bound = 1 / math.sqrt(in_channels)  # torch.nn.Conv1d's default initialisation
+        self.weight = torch.nn.Parameter(torch.empty(out_channels, in_channels, 1).uniform_(-bound, bound))
+        self.bias = torch.nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound))
 
     def forward(self, x):
         return torch.nn.functional.conv1d(x, self.weight, self.bias)

@@ -58,7 +58,8 @@ class NIN(torch.nn.Module):
 
     def __init__(self, in_dim, num_units):
         super().__init__()
-        self.W = torch.nn.Parameter(torch.randn(in_dim, num_units) / math.sqrt(in_dim))
+        bound = 1 / math.sqrt(in_dim)  # any initialisation: checkpoints replace it
+        self.W = torch.nn.Parameter(torch.empty(in_dim, num_units).uniform_(-bound, bound))
         self.b = torch.nn.Parameter(torch.zeros(num_units))
 
     def forward(self, x):
@@ -184,7 +185,9 @@ class FourierProjection(torch.nn.Module):
 
     def __init__(self, embedding_size, scale=1.0):
         super().__init__()
-        self.W = torch.nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
+        # Uniform with the variance of score-SDE's N(0, scale^2) draw (random draws are slow on 'meta').
+        bound = math.sqrt(3) * scale
+        self.W = torch.nn.Parameter(torch.empty(embedding_size).uniform_(-bound, bound), requires_grad=False)
 
     def forward(self, x):
         proj = x[:, None] * self.W[None, :] * 2 * math.pi
