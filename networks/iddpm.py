@@ -5,8 +5,10 @@ timestep embedding [cos, sin] with frequencies 10000^(-i/half), residual blocks 
 scale-shift norm when asked (iDDPM Sec. 4; `emb_layers` then give 2C), attention where the
 downsampling factor is in `attention_resolutions` (legacy qkv order: per head q, k, v), stride-2
 convolution / nearest-upsample + convolution resampling. TS-DPM feeds the raw timestep and keeps
-only the first C of the 2C output channels (the variance half is dropped); with out_channels = C
-the whole output is returned. Tensor names: time_embed.{0,2}, input_blocks.{k}.{0,1},
+only the first C of the 2C output channels (the variance half is dropped). Where TS-DPM's copy
+fails, this module does what improved-diffusion means: out_channels = C returns the whole output
+(TS-DPM's split into two halves raises), conv_resample false downsamples by 2x2 average pooling
+(TS-DPM's copy cannot build it), num_heads_upsample -1 means num_heads (TS-DPM's copy keeps -1). Tensor names: time_embed.{0,2}, input_blocks.{k}.{0,1},
 middle_block.{0,1,2}, output_blocks.{k}.{0,1,2}, out.{0,2}; in a ResBlock in_layers.{0,2},
 emb_layers.1, out_layers.{0,3}, skip_connection; in an attention block norm, qkv (Conv1d),
 proj_out (Conv1d).

@@ -13,7 +13,9 @@ has no `sigmas` buffer). Both take the raw timestep and return eps (no scaling b
   (resampling inside the block, 1x1 Conv_2 shortcut) or `ddpm` blocks, optional skip
   rescaling by 1/sqrt(2), positional or Gaussian-Fourier embedding. Supported: progressive
   and progressive_input 'none' and fir false (the published pf_deep_cifar10 configuration);
-  other values are refused when the network is built.
+  other values are refused when the network is built. With resblock_type 'ddpm', score-SDE's
+  Upsample passes 'nearest' where interpolate takes scale_factor and raises; here it upsamples
+  by nearest neighbours as meant. The published configurations use neither quirk.
 """
 
 import math
