@@ -120,7 +120,7 @@ def _image_shape(config):
     return data.int('image_size', 1, 4096), data.int('channels', 1, 64)
 
 
-def _agree(config, model_key, model_value, dataset_key, dataset_value):
+def _agree(model_key, model_value, dataset_key, dataset_value):
     if model_value != dataset_value:
         raise TSDPMConfigError(f'config key Model.{model_key} ({model_value}) differs from Dataset.{dataset_key} '
                                f'({dataset_value})')
@@ -137,9 +137,9 @@ def _ddim_arch(config):
                 ch_mult=m.ints('ch_mult', 1, 64, min_len=1), num_res_blocks=m.int('num_res_blocks', 1, 64),
                 attn_resolutions=m.ints('attn_resolutions'), dropout=m.float('dropout', 0, 1),
                 resamp_with_conv=m.bool('resamp_with_conv'))
-    _agree(config, 'in_channels', arch['in_channels'], 'channels', channels)
-    _agree(config, 'out_ch', arch['out_ch'], 'channels', channels)
-    _agree(config, 'image_size', arch['resolution'], 'image_size', size)
+    _agree('in_channels', arch['in_channels'], 'channels', channels)
+    _agree('out_ch', arch['out_ch'], 'channels', channels)
+    _agree('image_size', arch['resolution'], 'image_size', size)
     return arch
 
 
@@ -157,7 +157,7 @@ def _iddpm_arch(config):
                 use_scale_shift_norm=m.bool('use_scale_shift_norm'))
     if arch['num_heads_upsample'] == 0:
         m.fail('num_heads_upsample', '-1 or a positive integer')
-    _agree(config, 'in_channels', arch['in_channels'], 'channels', channels)
+    _agree('in_channels', arch['in_channels'], 'channels', channels)
     if arch['out_channels'] not in (channels, 2 * channels):
         m.fail('out_channels', f'{channels} or {2 * channels} (eps, or eps and the variance output)')
     if arch['channel_mult'][0] != 1:
@@ -173,8 +173,8 @@ def _pf_common(m, config):
                 resamp_with_conv=m.bool('resamp_with_conv'),
                 nonlinearity=m.choice('nonlinearity', score_sde.ACTIVATIONS + ('ELU', 'ReLU', 'LReLU', 'Swish')).lower(),
                 centered=m.bool('centered'))
-    _agree(config, 'num_channels', arch['num_channels'], 'channels', channels)
-    _agree(config, 'image_size', arch['image_size'], 'image_size', size)
+    _agree('num_channels', arch['num_channels'], 'channels', channels)
+    _agree('image_size', arch['image_size'], 'image_size', size)
     return arch
 
 
@@ -226,7 +226,6 @@ BACKBONES = dict(
                      ('Model.num_channels', 'Model.num_channels', 'Model.nf, Model.ch_mult, Model.num_res_blocks or '
                       'Model.attn_resolutions')),
 )
-STRUC_OF_CLASS = {backbone.cls.__name__: struc for struc, backbone in BACKBONES.items()}
 
 
 def struc_of(config):
@@ -402,32 +401,33 @@ def read_config(path):
     return config
 
 
-def _hint(struc, name, expected=None, found=None):
-    """The config key(s) that most likely determine tensor `name` of a `struc` backbone."""
+# Per struc: (tensor-name pattern, config key, applies to missing/unexpected names only?).
+_HINTS = dict(
+    DDIM=[(r'^logvar$', 'Model.type', False), (r'^temb\.', 'Model.ch', False),
+          (r'(^|\.)attn(_1)?\.', 'Model.attn_resolutions', True), (r'\.(down|up)sample\.', 'Model.resamp_with_conv', True),
+          (r'^(down|up)\.\d+\.block\.\d+\.', 'Model.ch_mult or Model.num_res_blocks', True)],
+    iDDPM=[(r'^time_embed\.', 'Model.model_channels', False),
+           (r'\.(qkv|proj_out|norm)\.', 'Model.attention_resolutions', True), (r'\.(op|conv)\.', 'Model.conv_resample', True),
+           (r'\.emb_layers\.', 'Model.use_scale_shift_norm or Model.model_channels', False)],
+    PF=[(r'^all_modules\.[01]\.', 'Model.nf', False)],
+    PF_deep=[(r'^all_modules\.[012]\.', 'Model.nf, Model.embedding_type or Model.conditional', False)],
+)
+
+
+def _hint(struc, name, expected, shapes=None):
+    """The config key(s) that most likely determine tensor `name` of a `struc` backbone whose
+    state dict is `expected`; `shapes` = (expected shape, found shape) for a shape mismatch."""
     in_key, out_key, width_keys = BACKBONES[struc].channel_keys
-    first = dict(DDIM='conv_in.weight', iDDPM='input_blocks.0.0.weight').get(struc)
-    last = dict(DDIM='conv_out.', iDDPM='out.2.').get(struc)
-    if expected is not None and found is not None and len(expected) == len(found) == 4:
-        if name == first and expected[1] != found[1]:
+    convs = [k for k, t in expected.items() if t.ndim == 4]
+    if shapes is not None and convs:
+        want, found = shapes
+        if name == convs[0] and len(want) == len(found) == 4 and want[1] != found[1]:
             return in_key
-        if last and name.startswith(last) and expected[0] != found[0]:
+        if name in (convs[-1], convs[-1][:-len('weight')] + 'bias') and want[:1] != found[:1]:
             return out_key
-    rules = dict(
-        DDIM=[(r'^logvar$', 'Model.type'), (r'^temb\.', 'Model.ch'), (r'(^|\.)attn(_1)?\.', 'Model.attn_resolutions'),
-              (r'\.(down|up)sample\.', 'Model.resamp_with_conv'), (r'\.block\.\d+\.nin_shortcut', 'Model.ch_mult')],
-        iDDPM=[(r'^time_embed\.', 'Model.model_channels'), (r'\.(qkv|proj_out|norm)\.', 'Model.attention_resolutions'),
-               (r'\.emb_layers\.', 'Model.use_scale_shift_norm or Model.model_channels'),
-               (r'\.(op|conv)\.', 'Model.conv_resample')],
-        PF=[(r'^all_modules\.[01]\.', 'Model.nf')],
-        PF_deep=[(r'^all_modules\.[01]\.', 'Model.nf, Model.embedding_type or Model.conditional')],
-    )[struc]
-    for pattern, key in rules:
-        if re.search(pattern, name):
-            if struc == 'DDIM' and key == 'Model.attn_resolutions' and expected is not None and found is not None:
-                break  # an attention tensor of the wrong width: the widths decide
+    for pattern, key, names_only in _HINTS[struc]:
+        if re.search(pattern, name) and not (names_only and shapes is not None):
             return key
-    if struc == 'DDIM' and expected is None and re.match(r'^(down|up)\.\d+\.block\.\d+\.', name):
-        return 'Model.ch_mult or Model.num_res_blocks'
     return width_keys
 
 
@@ -442,18 +442,18 @@ def check_state_dict(struc, expected, state, source='checkpoint'):
     if missing:
         more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
         raise TSDPMCheckpointError(f'{source}: tensor "{missing[0]}"{more} of the {struc} backbone is missing; check '
-                                   f'{_hint(struc, missing[0])}')
+                                   f'{_hint(struc, missing[0], expected)}')
     if unexpected:
         more = f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''
         raise TSDPMCheckpointError(f'{source}: tensor "{unexpected[0]}"{more} is not in the {struc} backbone the '
-                                   f'config describes; check {_hint(struc, unexpected[0])}')
+                                   f'config describes; check {_hint(struc, unexpected[0], expected)}')
     for name, tensor in expected.items():
         value = state[name]
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise TSDPMCheckpointError(f'{source}: tensor "{name}" is not a floating-point tensor')
         if tuple(value.shape) != tuple(tensor.shape):
             raise TSDPMCheckpointError(f'{source}: tensor "{name}" has shape {list(value.shape)}, the config gives '
-                                       f'{list(tensor.shape)}; check {_hint(struc, name, tuple(tensor.shape), tuple(value.shape))}')
+                                       f'{list(tensor.shape)}; check {_hint(struc, name, expected, (tuple(tensor.shape), tuple(value.shape)))}')
 
 
 def _checked_state(struc, arch, path):

@@ -542,6 +542,22 @@ def test_checkpoints_of_another_config_are_refused_naming_tensor_and_key(ddim_fi
     assert tensor in text and key in text
 
 
+@pytest.mark.parametrize('struc,change,tensor,key', [
+    ('iDDPM', dict(model_channels=64), 'time_embed.0.weight', 'Model.model_channels'),
+    ('iDDPM', dict(use_scale_shift_norm=False), 'emb_layers.1.weight', 'Model.use_scale_shift_norm'),
+    ('iDDPM', dict(out_channels=3), 'out.2.weight', 'Model.out_channels'),
+    ('iDDPM', dict(attention_resolutions=[]), 'input_blocks.3.1.', 'Model.attention_resolutions'),
+    ('PF', dict(nf=64), 'all_modules.0.weight', 'Model.nf'),
+    ('PF_deep', dict(num_res_blocks=2), 'all_modules.', 'Model.num_res_blocks'),
+])
+def test_other_backbones_name_tensor_and_key(tmp_path, struc, change, tensor, key):
+    with torch.device('meta'):
+        shapes = layout(tsdpm.build_backbone(small_config(struc, **change)))
+    torch.save({k: torch.zeros(s) for k, s in shapes.items()}, tmp_path / 'other.ckpt')
+    text = refusal(tmp_path / 'other.ckpt', small_config(struc))
+    assert tensor in text and key in text, text
+
+
 def test_a_wrong_shape_is_named_with_both_shapes(ddim_files, tmp_path):
     state = dict(ddim_files['state'])
     state['down.0.block.0.conv1.weight'] = torch.zeros(32, 32, 1, 1)
