@@ -21,6 +21,10 @@ Examples:
 \b
   # the same with the flags of a published checkpoint (docs/adm.md lists them)
   python convert.py --src=64x64_diffusion.pt --dest=adm-imagenet64.pkl --adm-preset=imagenet-64
+
+\b
+  # TS-DPM (DDPM-backbone) checkpoint + its config yml -> network pickle for generate.py
+  python convert.py --src=ddim_cifar10.ckpt --dest=tsdpm-ddim-cifar10.pkl --tsdpm-config=config/ddim_cifar10.yml
 """
 
 import os
@@ -29,16 +33,19 @@ import pickle
 import click
 
 import dnnlib
-from networks import adm
+from networks import adm, tsdpm
 from safeload import networks as loader, weights
 
 
-def convert(src, dest, fmt=None, allow_pickle_code=None, adm_flags=None, adm_preset=None):
+def convert(src, dest, fmt=None, allow_pickle_code=None, adm_flags=None, adm_preset=None, tsdpm_config=None):
     """Read `src` and write it to `dest` in format 'pickle' or 'weights' (default: from the
-    extension). With `adm_flags` or `adm_preset`, `src` is a guided-diffusion checkpoint."""
+    extension). With `adm_flags` or `adm_preset`, `src` is a guided-diffusion checkpoint; with
+    `tsdpm_config` (a yml path), a TS-DPM checkpoint of that config."""
     if fmt is None:
         fmt = 'pickle' if os.path.splitext(dest)[1].lower() == '.pkl' else 'weights'
-    if adm_flags is not None or adm_preset is not None:
+    if tsdpm_config is not None:
+        data = dict(ema=tsdpm.load_precond(src, tsdpm.read_config(tsdpm_config)))
+    elif adm_flags is not None or adm_preset is not None:
         flags = adm.parse_adm_flags(adm_flags or '', preset=adm_preset)
         data = dict(ema=adm.load_adm_checkpoint(src, flags))
     else:
@@ -63,15 +70,21 @@ def convert(src, dest, fmt=None, allow_pickle_code=None, adm_flags=None, adm_pre
               help='--src is a guided-diffusion checkpoint with these model flags (guided-diffusion\'s names and values)')
 @click.option('--adm-preset', 'adm_preset', type=click.Choice(list(adm.PRESETS)), default=None,
               help='--src is the published guided-diffusion checkpoint of this name (flags as in docs/adm.md)')
+@click.option('--tsdpm-config', 'tsdpm_config', metavar='YML', default=None,
+              help='--src is a TS-DPM (DDPM-backbone) checkpoint of this config file (its Model, Dataset, Schedule)')
 @click.option('--allow-pickle-code', is_flag=True, default=None,
               help='Run the code stored in the source pickle (EDM behaviour; trusted files only)')
-def main(src, dest, fmt, adm_flags, adm_preset, allow_pickle_code):
+def main(src, dest, fmt, adm_flags, adm_preset, tsdpm_config, allow_pickle_code):
     folder = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(folder):
         raise click.ClickException(f'{folder}: no such directory')
     try:
-        fmt = convert(src, dest, fmt, allow_pickle_code, adm_flags=adm_flags, adm_preset=adm_preset)
-    except (loader.NetworkLoadError, weights.WeightsFormatError, adm.ADMError) as err:
+        if tsdpm_config is not None and (adm_flags is not None or adm_preset is not None):
+            raise click.ClickException('--tsdpm-config cannot be combined with --adm-flags or --adm-preset')
+        fmt = convert(src, dest, fmt, allow_pickle_code, adm_flags=adm_flags, adm_preset=adm_preset,
+                      tsdpm_config=tsdpm_config)
+    except (loader.NetworkLoadError, weights.WeightsFormatError, adm.ADMError, tsdpm.TSDPMConfigError,
+            tsdpm.TSDPMCheckpointError) as err:
         raise click.ClickException(str(err)) from None
     except OSError as err:
         raise click.ClickException(f'cannot write {dest}: {err.strerror or err}') from None

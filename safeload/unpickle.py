@@ -678,8 +678,8 @@ def build_object(cls, args, kwargs, tensors, max_bytes):
 # The modules whose persistent classes a pickle may name (by class name), and among them those
 # whose *Precond classes are denoisers. They are named, not imported here: this package sits
 # below networks/ and training/ and imports them only when a pickle is rebuilt.
-PERSISTENT_MODULES = ('networks.edm', 'training.loss', 'training.augment')
-NETWORK_MODULES = ('networks.edm',)
+PERSISTENT_MODULES = ('networks.edm', 'networks.tsdpm', 'training.loss', 'training.augment')
+NETWORK_MODULES = ('networks.edm', 'networks.tsdpm')
 
 
 def known_classes():
@@ -694,6 +694,8 @@ def known_classes():
             continue
         for name, value in vars(module).items():
             if isinstance(value, type) and persistence.is_persistent(value):
+                if classes.get(name, value) is not value:  # a pickle names classes by name alone
+                    raise RuntimeError(f'persistent class name {name} is defined twice ({module_name})')
                 classes[name] = value
     return classes
 

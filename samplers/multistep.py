@@ -116,12 +116,32 @@ def _spndm_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sig
     return _transfer(x, eps_prime, sigma, sigma_next)
 
 
-def _fpndm_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+def timestep_midpoint(levels):
+    """PNDM's Runge-Kutta midpoint on a discrete network (named mode `fpndm-pndm`): sigma, sigma_next
+    -> the level of timestep floor((t + t_next) / 2), t and t_next the timesteps of the levels
+    nearest them. `levels` [T]: the network's sigma of each timestep, ascending."""
+    levels = torch.as_tensor(levels, dtype=torch.float64)
+
+    def timestep(sigma):
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        return (sigma.reshape(-1, 1) - levels.to(sigma.device).reshape(1, -1)).abs().argmin(dim=1).reshape(sigma.shape)
+
+    def midpoint(sigma, sigma_next):
+        t_mid = torch.div(timestep(sigma) + timestep(sigma_next), 2, rounding_mode='floor')  # PNDM: ab[t_mid.long()]
+        return levels.to(t_mid.device)[t_mid]
+    return midpoint
+
+
+def _fpndm_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma, midpoint=None):
     eps = evaluate.eps(x, sigma)
     if len(history) < 3:
         # Pseudo Runge-Kutta (F-PNDM's first three steps, 4 evaluations): classical RK4 in sigma
-        # with the transfer part; the midpoint is rounded to a level the network has.
-        sigma_mid = round_sigma(0.5 * (sigma + sigma_next)).to(torch.float64)
+        # with the transfer part; the midpoint is rounded to a level the network has (by default
+        # the level nearest the sigma midpoint; `midpoint`: PNDM's timestep midpoint).
+        if midpoint is not None:
+            sigma_mid = midpoint(sigma, sigma_next)
+        else:
+            sigma_mid = round_sigma(0.5 * (sigma + sigma_next)).to(torch.float64)
         e_2 = evaluate.eps(_transfer(x, eps, sigma, sigma_mid), sigma_mid)
         e_3 = evaluate.eps(_transfer(x, e_2, sigma, sigma_mid), sigma_mid)
         e_4 = evaluate.eps(_transfer(x, e_3, sigma, sigma_next), sigma_next)
@@ -252,6 +272,17 @@ def sample_fpndm(denoiser, latents, sigmas, randn_like=torch.randn_like, class_l
     return _integrate('fpndm', _fpndm_step, denoiser, latents, sigmas, class_labels, churn, time_shift, ode)
 
 
+def sample_fpndm_pndm(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                      churn=None, time_shift=None, ode=None, midpoint=None):
+    """sample_fpndm with PNDM's Runge-Kutta midpoint: the timestep (t + t_next) / 2 (truncated, as
+    PNDM indexes its alpha_bar table), not the level nearest the sigma midpoint. Defined on
+    discrete networks only: `midpoint` is timestep_midpoint(levels of the network)."""
+    if midpoint is None:
+        raise ValueError('fpndm-pndm needs a discrete-time network: its midpoint is a timestep')
+    return _integrate('fpndm-pndm', functools.partial(_fpndm_step, midpoint=midpoint), denoiser, latents, sigmas,
+                      class_labels, churn, time_shift, ode)
+
+
 def sample_dpmsolver(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
                      churn=None, time_shift=None, ode=None, order=3):
     """Images (float64) by multistep DPM-Solver-`order` (noise prediction; lower orders for the
@@ -293,7 +324,7 @@ def evaluations(solver, num_steps):
     """Denoiser evaluations per image of the solvers here for `num_steps` steps."""
     if solver == 'spndm':
         return num_steps + 1
-    if solver == 'fpndm':
+    if solver in ('fpndm', 'fpndm-pndm'):
         return num_steps + 3 * min(3, num_steps - 1)
     return num_steps
 

@@ -34,6 +34,7 @@ EVALUATIONS = dict(
     spndm=lambda i, n: [(EULER, 0)] + ([(CORRECTION, 1)] if i == 0 < n - 1 else []),
     # F-PNDM: pseudo Runge-Kutta (RK4) in the first three steps, then one evaluation per step.
     fpndm=lambda i, n: [(EULER, 0)] + ([(MIDPOINT, 0.5), (MIDPOINT, 0.5), (CORRECTION, 1)] if i < min(3, n - 1) else []),
+    **{'fpndm-pndm': lambda i, n: [(EULER, 0)] + ([(MIDPOINT, 0.5), (MIDPOINT, 0.5), (CORRECTION, 1)] if i < min(3, n - 1) else [])},
     dpmsolver=lambda i, n: [(EULER, 0)],
     **{'dpmsolver-ref': lambda i, n: [(EULER, 0)]},
     dpmpp2m=lambda i, n: [(EULER, 0)],

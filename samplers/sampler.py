@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import denoisers, discrete, schedules, solvers
+from . import denoisers, discrete, multistep, schedules, solvers
 from .fast import FastPaths, prepare_network
 from .time_shift import DiscreteTimeShift, TimeShift, TimeShiftError, TSDPMTimeShift
 
@@ -221,6 +221,8 @@ class Sampler:
                 grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
             self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, _signal_var(net, options))
         self.solver = solvers.SOLVERS[options.solver]
+        if options.solver == 'fpndm-pndm':
+            self.solver = functools.partial(self.solver, midpoint=multistep.timestep_midpoint(timestep_levels(net)))
         if options.solver in solvers.WITH_ORDER:
             self.solver = functools.partial(self.solver, order=options.solver_order)
 
@@ -256,6 +258,16 @@ class Sampler:
                                      churn=self.churn, time_shift=self.time_shift, ode=self.ode)
         # A tensor made under inference_mode cannot be changed in place later; return an ordinary one.
         return images.clone() if images.is_inference() else images
+
+
+def timestep_levels(net):
+    """The sigma of each timestep of a discrete network, ascending; SamplerOptionError for a continuous one."""
+    if isinstance(getattr(net, 'alpha_bar', None), torch.Tensor):   # ADM-like: sigma_t of t = 0..T-1
+        return net.sigmas.to(torch.float64)
+    if isinstance(getattr(net, 'u', None), torch.Tensor):           # iDDPM: u_0 > ... > u_{M-1}
+        return net.u.flip(0).to(torch.float64)
+    raise SamplerOptionError(f'--solver=fpndm-pndm needs a discrete-time network (its midpoint is a timestep); '
+                             f'{type(net).__name__} is continuous: use --solver=fpndm')
 
 
 def _signal_var(net, options):
@@ -300,3 +312,5 @@ def check_network(net, options):
             raise SamplerOptionError('--variance=learned needs a network with learned sigma (--learn_sigma True)')
     else:
         sigma_range(net, options)
+    if options.solver == 'fpndm-pndm':
+        timestep_levels(net)

@@ -110,6 +110,7 @@ def sample_heun(denoiser, latents, sigmas, randn_like=torch.randn_like, class_la
 SOLVERS = dict(euler=sample_euler, heun=sample_heun, spndm=multistep.sample_spndm, fpndm=multistep.sample_fpndm,
                dpmsolver=multistep.sample_dpmsolver, dpmpp2m=multistep.sample_dpmpp2m, deis=multistep.sample_deis)
 SOLVERS['dpmsolver-ref'] = multistep.sample_dpmsolver_ref  # DPM-Solver's code, its third-order slip included
+SOLVERS['fpndm-pndm'] = multistep.sample_fpndm_pndm  # F-PNDM with PNDM's timestep midpoint (discrete networks)
 WITH_ORDER = ('dpmsolver', 'dpmsolver-ref', 'deis')   # take order=1|2|3 (default 3)
 WITH_CHURN = ('euler', 'heun')       # the only ones with stochastic churn, --schedule and --scaling
 
