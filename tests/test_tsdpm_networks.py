@@ -504,7 +504,8 @@ def test_dict_and_list_checkpoints_load_strictly(ddim_files):
             assert not net.training and not any(p.requires_grad for p in net.parameters())
             assert torch.equal(net(x, t), want)
             pre = tsdpm.load_precond(ddim_files['folder'] / name, ddim_files['config'])
-            assert torch.equal(pre.model(x, t), want)
+            assert torch.equal(pre.model(x, t), want) and torch.equal(pre.eps(x.double(), t.tolist()), want)
+            assert torch.equal(pre.eps(x, 7.0), net(x, torch.tensor([7.0, 7.0])))  # one time for the batch
 
 
 def refusal(path, config):
