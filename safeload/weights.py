@@ -72,6 +72,11 @@ def load_weights(data: bytes):
     if isinstance(payload, dict) and 'time_embed.0.weight' in payload and 'format' not in payload:
         raise WeightsFormatError('this is a guided-diffusion (ADM) checkpoint: convert it with convert.py --adm-flags '
                                  'or --adm-preset (docs/adm.md), or sample it with image_sample.py')
+    first = payload[0] if isinstance(payload, list) and payload else payload
+    if isinstance(first, dict) and 'format' not in first and any(
+            name in first for name in ('temb.dense.0.weight', 'all_modules.0.weight', 'all_modules.1.weight')):
+        raise WeightsFormatError('this looks like a TS-DPM checkpoint: convert it with convert.py --tsdpm-config '
+                                 '(its config yml)')
     if not isinstance(payload, dict) or payload.get('format') != FORMAT:
         raise WeightsFormatError(f'not an {FORMAT} file')
     if not isinstance(payload.get('config'), str):

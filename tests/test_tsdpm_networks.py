@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import convert
 import generate
 from networks import ddim, iddpm, score_sde, tsdpm
-from safeload import checkpoints, networks as loader, unpickle
+from safeload import checkpoints, networks as loader, unpickle, weights
 
 #----------------------------------------------------------------------------
 # Configs: the published Model sections (TS-DPM config/*.yml) and small ones.
@@ -504,7 +504,8 @@ def test_dict_and_list_checkpoints_load_strictly(ddim_files):
             assert not net.training and not any(p.requires_grad for p in net.parameters())
             assert torch.equal(net(x, t), want)
             pre = tsdpm.load_precond(ddim_files['folder'] / name, ddim_files['config'])
-            assert torch.equal(pre.model(x, t), want)
+            assert torch.equal(pre.model(x, t), want) and torch.equal(pre.eps(x.double(), t.tolist()), want)
+            assert torch.equal(pre.eps(x, 7.0), net(x, torch.tensor([7.0, 7.0])))  # one time for the batch
 
 
 def refusal(path, config):
@@ -708,6 +709,27 @@ def test_conversion_round_trip_and_generate_with_ddim(ddim_files, tmp_path):
     assert res.exit_code == 0, res.output
     pngs = sorted(p for p in os.listdir(tmp_path / 'out') if p.endswith('.png'))
     assert pngs == ['000000.png', '000001.png', '000002.png']
+
+
+@pytest.mark.parametrize('struc', list(tsdpm.BACKBONES))
+def test_every_backbone_round_trips_through_both_formats(struc, tmp_path):
+    torch.manual_seed(2)
+    net = tsdpm.build_precond(small_config(struc)).eval()
+    with open(tmp_path / 'net.pkl', 'wb') as f:
+        pickle.dump(dict(ema=net), f)
+    with open(tmp_path / 'net.pt', 'wb') as f:
+        weights.save_weights(dict(ema=net), f)
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.1, 5.0])
+    with torch.no_grad():
+        want = net(x, sigma)
+        for name in ('net.pkl', 'net.pt'):
+            back = loader.load_network(str(tmp_path / name))
+            assert type(back) is tsdpm.TSDPMPrecond and back.struc == struc and torch.equal(back(x, sigma), want)
+
+
+def test_generate_points_tsdpm_checkpoints_to_the_converter(ddim_files, tmp_path):
+    res = run(generate, f'--network={ddim_files["folder"] / "list.ckpt"}', f'--outdir={tmp_path / "o"}', '--seeds=0')
+    assert res.exit_code != 0 and res.output.count('\n') == 1 and 'convert.py --tsdpm-config' in res.output
 
 
 def test_conversion_errors_are_one_line_and_write_nothing(ddim_files, tmp_path):
