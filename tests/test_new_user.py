@@ -134,18 +134,19 @@ def test_offline_detector_download_names_the_ways_out(tmp_path):
     # A local path that does not exist gets no download advice.
     res = invoke(fid.main, ['ref', f'--data={tmp_path / "imgs"}', f'--dest={ref}', f'--detector={tmp_path / "no.pkl"}'],
                  'fid.py')
-    assert 'offline' not in one_error_line(res)
+    assert 'put a copy' not in one_error_line(res) and '--detector=PKL' not in one_error_line(res)
 
 #----------------------------------------------------------------------------
 # 3. train.py: fractional ticks, resume in the run's folder, differing options named.
 
 
 def test_kimg_names_keep_edms_and_never_collide():
-    assert tl.kimg_name(0) == '000000' and tl.kimg_name(100000) == '000100'  # EDM's names at whole kimg
-    names = [tl.kimg_name(n) for n in range(0, 5000, 32)]
+    # EDM's names with whole-kimg ticks (which keep them apart), and at whole kimg.
+    assert tl.kimg_name(32) == '000000' and tl.kimg_name(100032) == '000100' and tl.kimg_name(2000, True) == '000002'
+    names = [tl.kimg_name(n, True) for n in range(0, 5000, 32)]
     assert len(set(names)) == len(names)
-    assert tl.kimg_name(512) == '000000.512' and tl.kimg_name(2500) == '000002.500'
-    assert all(tl.nimg_of_name(tl.kimg_name(n)) == n for n in range(0, 5000, 32))
+    assert tl.kimg_name(512, True) == '000000.512' and tl.kimg_name(2500, True) == '000002.500'
+    assert all(tl.nimg_of_name(tl.kimg_name(n, True)) == n for n in range(0, 5000, 32))
     assert tl.nimg_of_name('000001.5') is None and tl.nimg_of_name('x') is None
 
 
@@ -157,15 +158,16 @@ def test_fractional_ticks_resume_in_the_same_folder_and_name_differing_options(t
     assert res.exit_code == 0, res.output
     [run] = glob.glob(str(tmp_path / 'runs' / '*'))
     snaps = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run, 'network-snapshot-*.pkl')))
-    assert snaps == ['network-snapshot-000000.512.pkl', 'network-snapshot-000000.pkl', 'network-snapshot-000001.024.pkl']
+    # Ticks end after the first batch, then every 512 images: EDM's names would all but the last be 000000.
+    assert snaps == ['network-snapshot-000000.032.pkl', 'network-snapshot-000000.544.pkl', 'network-snapshot-000001.024.pkl']
     with open(os.path.join(run, 'stats.jsonl')) as f:
         ticks = len(f.readlines())
     # Resume from the middle state: same folder, one stats.jsonl that grows.
-    state = os.path.join(run, 'training-state-000000.512.pt')
+    state = os.path.join(run, 'training-state-000000.544.pt')
     res = invoke(train.main, [*common, *TINY_NET, '--duration=0.0015', f'--resume={state}'], 'train.py')
     assert res.exit_code == 0, res.output
     assert glob.glob(str(tmp_path / 'runs' / '*')) == [run]
-    assert os.path.isfile(os.path.join(run, 'network-snapshot-000001.536.pkl'))
+    assert os.path.isfile(os.path.join(run, 'network-snapshot-000001.056.pkl'))
     with open(os.path.join(run, 'stats.jsonl')) as f:
         assert len(f.readlines()) > ticks
     # Options that do not fit the weights: the message names them.

@@ -29,10 +29,13 @@ from training.loss import SampleRNG
 STATE_FORMAT = 'edmkit-training-state/1'
 
 
-def kimg_name(nimg):
-    """The kimg part of snapshot and state dump names: EDM's 000100 at whole kimg, else with the
-    images beyond it (000000.500), so that fractional --tick never gives two snapshots one name."""
-    return f'{nimg // 1000:06d}' if nimg % 1000 == 0 else f'{nimg // 1000:06d}.{nimg % 1000:03d}'
+def kimg_name(nimg, fractional_ticks=False):
+    """The kimg part of snapshot and state dump names: EDM's whole kimg (000100), which whole-kimg
+    ticks keep apart; with fractional ticks also the images beyond it (000000.512), so that no
+    two snapshots get one name."""
+    if not fractional_ticks or nimg % 1000 == 0:
+        return f'{nimg // 1000:06d}'
+    return f'{nimg // 1000:06d}.{nimg % 1000:03d}'
 
 
 def nimg_of_name(text):
@@ -298,7 +301,7 @@ def training_loop(
                     data[key] = value.cpu()
                 del value
             if rank == 0:
-                with dnnlib.util.atomic_write(os.path.join(run_dir, f'network-snapshot-{kimg_name(cur_nimg)}.pkl')) as f:
+                with dnnlib.util.atomic_write(os.path.join(run_dir, f'network-snapshot-{kimg_name(cur_nimg, kimg_per_tick != int(kimg_per_tick))}.pkl')) as f:
                     pickle.dump(data, f)
             del data
 
@@ -307,7 +310,7 @@ def training_loop(
             state = dict(format=STATE_FORMAT, net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
                          cur_nimg=cur_nimg, cur_tick=cur_tick + 1, seed=seed, batch_size=batch_size,
                          augment_kwargs=json.loads(json.dumps(augment_kwargs)))
-            with dnnlib.util.atomic_write(os.path.join(run_dir, f'training-state-{kimg_name(cur_nimg)}.pt')) as f:
+            with dnnlib.util.atomic_write(os.path.join(run_dir, f'training-state-{kimg_name(cur_nimg, kimg_per_tick != int(kimg_per_tick))}.pt')) as f:
                 torch.save(state, f)
             del state
 
