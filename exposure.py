@@ -6,13 +6,11 @@ notebook can import instead. docs/exposure.md defines every quantity and holds a
 on the bundled MNIST model.
 """
 
-import json
 import os
 
 import click
 
-import dnnlib
-from analysis.calibration import FITS, calibrate, describe_calibration, record_steps
+from analysis.calibration import FITS, calibrate, describe_calibration, record_steps, write_calibration
 from analysis.common import ExposureError, describe_sampler
 from analysis.norms import format_norms, measure_norms, norms_record, read_norms, training_labels, training_pool, write_norms
 from analysis.plots import _figure, plot_norms  # noqa: F401  (_figure: whether matplotlib is installed)
@@ -193,14 +191,7 @@ def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
         lines = describe_calibration(record, cal, other)
         print('\n'.join(lines))
         if json_path is not None:
-            doc = dict(kind='eps-scaler-calibration', norms=norms_path, eps_scaler=cal.eps_scaler, eps_scaler_k=cal.eps_scaler_k,
-                       fit=fit, linear=linear, min_sigma=min_sigma, evaluations=[r['evaluation'] for r in cal.rows],
-                       ratios=cal.ratios, residual=cal.residual,
-                       alternative=dict(fit=other.fit, eps_scaler=other.eps_scaler, eps_scaler_k=other.eps_scaler_k),
-                       derivation=lines)
-            with dnnlib.util.atomic_write(json_path, 'w') as f:
-                json.dump(doc, f, indent=2)
-                f.write('\n')
+            write_calibration(json_path, norms_path, cal, other, min_sigma, lines)
     _cli(work)
 
 

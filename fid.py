@@ -11,6 +11,7 @@ from metrics.evaluate import METRICS, calc_metrics, calc_reference
 from metrics.reference import STATS_SOURCES
 from torch_utils import cli
 from torch_utils import distributed as dist
+from torch_utils import threads
 
 #----------------------------------------------------------------------------
 
@@ -46,9 +47,14 @@ def parse_metrics(_ctx, _param, value):
     return list(dict.fromkeys(names))
 
 
+def _workers(num_workers):
+    return threads.default_workers() if num_workers is None else num_workers
+
+
 def run_cli(fn):
     """Run fn() inside the torchrun process group; MetricError becomes one error line (rank 0)."""
     dist.init()
+    threads.set_cpu_threads(dist.device(), int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     try:
         return fn()
     except (MetricError, OSError) as err:
@@ -139,13 +145,13 @@ _pr_detector = click.option('--pr-detector', 'pr_detector_url', help='Feature de
 @click.option('--detector', 'detector_url', help='Pickled feature detector', metavar='PKL|URL', type=str, default=INCEPTION_URL, show_default='NVIDIA Inception-v3')
 @_pr_detector
 @click.option('--json', 'json_path', help='Append the results as one JSON line to this file', metavar='PATH', type=str, default=None)
-@click.option('--workers', 'num_workers', help='Image-loading processes per rank', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True)
+@click.option('--workers', 'num_workers', help='Image-loading processes per rank', metavar='INT', type=click.IntRange(min=0), default=None, show_default='3, at most the cores - 1')
 @_allow_code
 def calc(image_path, ref_path, ref_stats, num_expected, seed, batch, metric_names, detector_url, pr_detector_url, json_path,
          num_workers, allow_pickle_code):
     def work():
         out = calc_metrics(image_path, ref_path, metrics=metric_names, num_expected=num_expected, seed=seed,
-                           max_batch_size=batch, detector_url=detector_url, num_workers=num_workers,
+                           max_batch_size=batch, detector_url=detector_url, num_workers=_workers(num_workers),
                            pr_detector_url=pr_detector_url, ref_stats=ref_stats, allow_pickle_code=allow_pickle_code)
         if out is None:
             return
@@ -169,7 +175,7 @@ def calc(image_path, ref_path, ref_stats, num_expected, seed, batch, metric_name
 @click.option('--features', 'keep_features', help='Also store this many per-image features (for KID, PR)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--detector', 'detector_url', help='Pickled feature detector', metavar='PKL|URL', type=str, default=INCEPTION_URL, show_default='NVIDIA Inception-v3')
 @_pr_detector
-@click.option('--workers', 'num_workers', help='Image-loading processes per rank', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True)
+@click.option('--workers', 'num_workers', help='Image-loading processes per rank', metavar='INT', type=click.IntRange(min=0), default=None, show_default='3, at most the cores - 1')
 @_allow_code
 def ref(dataset_path, dest_path, batch, keep_features, detector_url, pr_detector_url, num_workers, allow_pickle_code):
     """Calculate dataset reference statistics needed by 'calc'.
@@ -179,7 +185,7 @@ def ref(dataset_path, dest_path, batch, keep_features, detector_url, pr_detector
     """
     def work():
         path = calc_reference(dataset_path, dest_path, max_batch_size=batch, detector_url=detector_url,
-                              keep_features=keep_features, num_workers=num_workers, pr_detector_url=pr_detector_url,
+                              keep_features=keep_features, num_workers=_workers(num_workers), pr_detector_url=pr_detector_url,
                               allow_pickle_code=allow_pickle_code)
         dist.print0(f'Saved reference statistics to "{path}".')
     run_cli(work)

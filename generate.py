@@ -20,11 +20,12 @@ from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import cli
 from torch_utils import distributed as dist
+from torch_utils import threads
 from safeload import networks as loader
 
 # The library side (samplers/jobs.py), re-exported for scripts and tests written against generate.py.
 from samplers.jobs import (DEFAULT_NETWORK, GRID_MAX_IMAGES, OPTIONS_RECORD, SEED_LIMIT, GenerateError,  # noqa: F401
-                           GenerateStats, check_class, check_options_record, existing_images, generate_images,
+                           GenerateStats, check_class, check_grid_path, check_options_record, existing_images, generate_images,
                            image_path, options_record, parse_seeds, split_batches, write_grid, write_options_record)
 
 
@@ -84,6 +85,8 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
     """The command line's work inside a torchrun process group (or a single process)."""
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
+    if grid is not None:
+        check_grid_path(grid, outdir)
     if network is None:
         if not os.path.isfile(DEFAULT_NETWORK):
             raise GenerateError(f'no --network given and the bundled model {DEFAULT_NETWORK} is missing '
@@ -93,6 +96,7 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         device = dist.init(device)
     except dist.DeviceError as err:
         raise GenerateError(f'invalid --device: {err}') from None
+    threads.set_cpu_threads(device, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     try:
         fast.check(device)
         _on_rank0(lambda: _check_outdir(outdir))
@@ -138,7 +142,7 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
 @click.option('--class', 'class_idx', help='Class label  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT', type=click.IntRange(min=1, max=cli.MAX_BATCH), default=64, show_default=True)
 @click.option('--resume/--no-resume', help='Skip seeds whose PNG exists (refused if outdir was made with other options)', default=True, show_default=True)
-@click.option('--grid', help=f'Also write a grid of the images (first {GRID_MAX_IMAGES} seeds)', metavar='PNG', type=str, default=None)
+@click.option('--grid', help=f'Also write a grid of the images (first {GRID_MAX_IMAGES} seeds; outside --outdir)', metavar='PNG', type=str, default=None)
 @click.option('--allow-pickle-code', help='Run the code stored in the network pickle (EDM behaviour; trusted files only)', is_flag=True, default=None)
 @click.option('--device', help='Torch device  [default: this rank\'s GPU, else cpu]', metavar='STR', type=cli.DEVICE, default=None)
 @click.option('--channels-last', 'channels_last', help='Fast path: run the network in channels_last memory format', is_flag=True)
@@ -152,7 +156,8 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
 
     Image SEED is written to OUTDIR/SEED.png (6 digits; --subdirs: OUTDIR/THOUSAND/SEED.png).
     A restarted run skips the images that exist. The defaults give EDM's images;
-    docs/sampling.md defines epsilon scaling and the time shift.
+    docs/sampling.md defines epsilon scaling and the time shift. On the CPU each process
+    uses the idle cores (divided between the processes) unless OMP_NUM_THREADS is set.
 
     Examples:
 

@@ -21,6 +21,7 @@ from samplers.sampler import check_network
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
+from torch_utils import threads
 from networks import adm
 
 
@@ -91,6 +92,11 @@ def adm_flag_options(fn):
 def sampler_options(values):
     """SamplerOptions of the guided-diffusion sampling flags."""
     solver = values['solver'] or ('ddim' if values['use_ddim'] else 'ddpm')
+    if values['do_time_shift'] and solver != 'ddim':
+        # Answered in this command's own flags (SamplerOptions would name generate.py's --ts_mode).
+        used = f'--solver {solver}' if values['solver'] else 'DDPM (no --use_ddim True)'
+        raise JobError(f'--do_time_shift True is TS-DPM-ADM\'s time shift for DDIM: add --use_ddim True, or drop '
+                       f'--do_time_shift for {used} (TS-DPM-ADM\'s own DDPM ignores it)')
     discrete_only = dict(eta=values['eta'], clip_denoised=values['clip_denoised']) if solver in ('ddpm', 'ddim') else {}
     return SamplerOptions(solver=solver, order=values['order'], respacing=values['timestep_respacing'], **discrete_only,
                           eps_scaler=values['eps_scaler'],
@@ -99,14 +105,25 @@ def sampler_options(values):
                           ts_cutoff=values['cutoff'] if values['do_time_shift'] else SamplerOptions.ts_cutoff)
 
 
-def run(values):
-    """The command line's work inside a torchrun process group (or a single process)."""
+def tsdpm_1gpu_name(values):
+    """The file name TS-DPM-ADM's scripts/image_sample_1gpu.py gives its samples (its defaults:
+    --model_type adm, --data_type cifar)."""
+    stem = f'{values["model_type"] or "adm"}_{values["data_type"] or "cifar"}_{values["timestep_respacing"]}step'
+    return stem + (f'_{values["window"]}win_{values["cutoff"]}cut' if values['do_time_shift'] else '') + '.npz'
+
+
+def run(values, name=None):
+    """The command line's work inside a torchrun process group (or a single process).
+
+    name: the samples file's name in --out_dir  [default: guided-diffusion's samples_NxHxWxC.npz].
+    """
     flags = adm.make_flags(**{name: values[name] for name in [*adm.MODEL_FLAGS, *adm.DIFFUSION_FLAGS, 'num_classes']})
     options = sampler_options(values)
     options.check()
     if values['seed'] + values['num_samples'] > 1 << 32:
         raise JobError(f'seeds {values["seed"]}..{values["seed"] + values["num_samples"] - 1} must lie in [0, 2^32)')
     device = dist.init(values['device'])
+    threads.set_cpu_threads(device, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     try:
         # fp16 checkpoints run in float32 on the CPU and under fp16 autocast on a GPU (docs/adm.md).
         fast = FastPaths(autocast='fp16' if flags.use_fp16 and device.type == 'cuda' else 'none')
@@ -120,7 +137,7 @@ def run(values):
         dist.print0(f'Sampling {len(seeds)} images with {options.solver}, respacing "{options.timestep_respacing}"'
                     f'{", TS-DPM time shift" if values["do_time_shift"] else ""} to "{values["out_dir"]}"')
         stats = sample_to_npz(net, seeds, values['out_dir'], options, record=record, max_batch_size=values['batch_size'],
-                              device=device, fast=fast, resume=values['resume'])
+                              device=device, fast=fast, resume=values['resume'], name=name)
         dist.print0(f'Wrote {stats.path} ({stats.num_written} images sampled, {stats.num_resumed} resumed, '
                     f'{stats.seconds:.1f} s)')
         return stats
@@ -151,8 +168,13 @@ def main(**values):
         --dropout 0.3 --diffusion_steps 1000 --noise_schedule cosine --use_scale_shift_norm True \\
         --batch_size 512 --num_samples 50000 --out_dir OUT
     """
+    cli_main(values)
+
+
+def cli_main(values, name=None):
+    """run() with every expected failure as one error line."""
     try:
-        run(values)
+        run(values, name)
     except (adm.ADMError, SamplerOptionError, FastPathError, TimeShiftError, JobError, dist.DeviceError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)

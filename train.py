@@ -143,8 +143,8 @@ def training_config(opts, world_size=1):
         c.resume_pkl = opts.transfer
         c.ema_rampup_ratio = None
     elif opts.resume is not None:
-        match = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(opts.resume))
-        if not match or not os.path.isfile(opts.resume):
+        match = re.fullmatch(r'training-state-([\d.]+)\.pt', os.path.basename(opts.resume))
+        if not match or training_loop.nimg_of_name(match.group(1)) is None or not os.path.isfile(opts.resume):
             raise click.ClickException('--resume must point to training-state-*.pt from a previous training run')
         try:
             resume_nimg = int(training_loop.load_state_dump(opts.resume)['cur_nimg'])
@@ -152,7 +152,7 @@ def training_config(opts, world_size=1):
             raise click.ClickException(f'--resume: cannot read {opts.resume}: {str(err).splitlines()[0] if str(err) else type(err).__name__}') from None
         if resume_nimg % world_size != 0:
             raise click.ClickException(f'--resume: the state at {resume_nimg} images cannot be split over {world_size} processes')
-        c.resume_kimg = int(match.group(1))
+        c.resume_kimg = training_loop.nimg_of_name(match.group(1)) / 1000
         c.resume_state_dump = opts.resume
 
     cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
@@ -242,8 +242,10 @@ def main(**kwargs):
     Durations are in millions of images (--duration, --ema; fractions are fine), --tick
     and --lr-rampup in thousands; --snap and --dump count ticks. Each tick prints
     progress and appends to stats.jsonl. Snapshots (EDM's pickle format) and state
-    dumps are named by kimg: network-snapshot-000100.pkl, training-state-000100.pt.
-    --resume with the options of the original run continues it exactly. Beyond EDM:
+    dumps are named by kimg: network-snapshot-000100.pkl, training-state-000100.pt
+    (with a fractional --tick, 000000.500 at 500 images). --resume with the options of the
+    original run continues it exactly, in the run's own folder (EDM starts a new one;
+    --nosubdir writes to --outdir). Beyond EDM:
     --blocks, --attn, --lr-rampup, --workers=0 and fractional --tick.
 
     Examples:
@@ -272,6 +274,8 @@ def main(**kwargs):
     if opts.allow_pickle_code:
         c.allow_pickle_code = True
     c.run_dir = _run_dir(opts.outdir, desc, opts.nosubdir) if dist.get_rank() == 0 else None
+    if opts.resume is not None and not opts.nosubdir and dist.get_rank() == 0:
+        c.run_dir = os.path.dirname(opts.resume) or '.'  # continue the run in its own folder (one stats.jsonl)
 
     dist.print0()
     dist.print0('Training options:')
@@ -291,6 +295,7 @@ def main(**kwargs):
         return
 
     dist.print0('Creating output directory...')
+    differing = _differing_options(c.run_dir, c) if opts.resume is not None and dist.get_rank() == 0 else []
     try:
         log = contextlib.nullcontext()
         if dist.get_rank() == 0:
@@ -301,9 +306,38 @@ def main(**kwargs):
         with log:
             training_loop.training_loop(**c)
     except _network_load_error() as err:
-        raise click.ClickException(str(err)) from None
+        hint = f'; options that differ from the run\'s: {", ".join(differing)}' if differing else ''
+        raise click.ClickException(f'{err}{hint}') from None
     except OSError as err:  # disk full, file size limit, permissions: snapshots and dumps are written atomically
         raise click.ClickException(cli.os_error_message(err, action=None)) from None
+
+
+# The options behind training_options.json keys that decide the network's weights.
+OPTION_OF_KEY = {'network_kwargs.model_channels': '--cbase', 'network_kwargs.channel_mult': '--cres',
+                 'network_kwargs.num_blocks': '--blocks', 'network_kwargs.attn_resolutions': '--attn',
+                 'network_kwargs.class_name': '--precond', 'network_kwargs.model_type': '--arch',
+                 'network_kwargs.augment_dim': '--augment', 'dataset_kwargs.use_labels': '--cond',
+                 'dataset_kwargs.resolution': '--data (resolution)', 'network_kwargs.use_fp16': '--fp16',
+                 'network_kwargs.dropout': '--dropout', 'batch_size': '--batch'}
+
+
+def _differing_options(run_dir, c):
+    """'--cbase (32 in the run, 64 now)' for each weight-deciding option that differs from
+    run_dir/training_options.json (empty if that file is missing or unreadable)."""
+    try:
+        with open(os.path.join(run_dir, 'training_options.json'), encoding='utf8') as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    new = json.loads(json.dumps(c))
+    out = []
+    for key, option in OPTION_OF_KEY.items():
+        group, _, name = key.rpartition('.')
+        before = (old.get(group) or {}).get(name) if group else old.get(name)
+        now = (new.get(group) or {}).get(name) if group else new.get(name)
+        if before != now and option not in [item.split(' (')[0] for item in out]:
+            out.append(f'{option} ({json.dumps(before)} in the run, {json.dumps(now)} now)')
+    return out
 
 
 def _network_load_error():

@@ -3,8 +3,11 @@ training norms, and the lines that explain the fit (docs/exposure.md, "How calib
 derives a scaler")."""
 
 import dataclasses
+import json
 
 import numpy as np
+
+import dnnlib
 
 from .common import ExposureError, describe_sampler
 
@@ -90,4 +93,28 @@ def describe_calibration(record, cal, other):
         f'Predicted ratio after scaling, S_j/(lambda_i T_j): {min(resid):.4f} to {max(resid):.4f} (ignores that scaling '
         'moves the trajectory; measure again with the suggestion to check).',
         f'Fit "{other.fit}" would give --eps_scaler={other.eps_scaler:.4f}' + (f' --eps_scaler_k={other.eps_scaler_k:.6f}' if other.linear else '') + '.',
+        which_to_use(cal, other),
     ]
+
+
+def which_to_use(cal, other):
+    """The line saying which of the two fits' scalers to use, and how far to trust it."""
+    why = {'norm': 'it weights each evaluation by its training norm, so the low-sigma evaluations, whose large ratios '
+                   'barely change the images, count least',
+           'ratio': 'you chose it; the default --fit=norm counts the low-sigma evaluations, whose large ratios barely '
+                    'change the images, least'}
+    return (f'Use: --eps_scaler={cal.eps_scaler:.4f}' + (f' --eps_scaler_k={cal.eps_scaler_k:.6f}' if cal.linear else '')
+            + f' (fit "{cal.fit}": {why[cal.fit]}; the "{other.fit}" value is for comparison only). It is a starting '
+            'point, not the best scaler: sweep b around it with "exposure.py sweep" (docs/exposure.md).')
+
+
+def write_calibration(path, norms_path, cal, other, min_sigma, lines):
+    """The calibrate command's --json file: the suggestion, the alternative fit and the derivation."""
+    doc = dict(kind='eps-scaler-calibration', norms=norms_path, eps_scaler=cal.eps_scaler, eps_scaler_k=cal.eps_scaler_k,
+               fit=cal.fit, linear=cal.linear, min_sigma=min_sigma, evaluations=[r['evaluation'] for r in cal.rows],
+               ratios=cal.ratios, residual=cal.residual,
+               alternative=dict(fit=other.fit, eps_scaler=other.eps_scaler, eps_scaler_k=other.eps_scaler_k),
+               derivation=lines)
+    with dnnlib.util.atomic_write(path, 'w') as f:
+        json.dump(doc, f, indent=2)
+        f.write('\n')

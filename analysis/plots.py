@@ -52,12 +52,26 @@ def _focus_ratio_axis(ax, records, x, min_sigma=0.01):
     pad = max(hi - lo, 0.01) * 0.15
     lo, hi = lo - pad, hi + pad
     ax.set_ylim(lo, hi)
+    off = 0
     for n, row in enumerate(records[0]['evaluations']):
         outside = [rec['evaluations'][n]['ratio'] for rec in records if not lo <= rec['evaluations'][n]['ratio'] <= hi]
         if outside:
+            off += 1
             y = hi if max(outside) > hi else lo
-            ax.annotate('/'.join(f'{v:.2f}' for v in outside), (x[n], y), textcoords='offset points',
-                        xytext=(0, -10 if y == hi else 4), ha='center', fontsize=7)
+            ax.annotate(('\u2191' if y == hi else '\u2193') + '/'.join(f'{v:.2f}' for v in outside), (x[n], y),
+                        textcoords='offset points', xytext=(0, -10 if y == hi else 4), ha='center', fontsize=7)
+    if off:
+        ax.text(0.01, 0.03, f'\u2191/\u2193 n.nn: ratio off this axis (the axis fits sigma >= {min_sigma:g})',
+                transform=ax.transAxes, fontsize=7, color='dimgrey')
+    return off
+
+
+def kind_groups(rows):
+    """[(kind, [indices of the evaluations of that kind])] in order of first appearance."""
+    groups = {}
+    for j, row in enumerate(rows):
+        groups.setdefault(row['kind'], []).append(j)
+    return list(groups.items())
 
 
 def plot_norms(records, path, labels=None, title=None):
@@ -74,18 +88,27 @@ def plot_norms(records, path, labels=None, title=None):
     ax, axr = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
     first = records[0]['evaluations']
     x = [r['timestep'] for r in first]
-    ax.plot(x, [r['training'] for r in first], '^-', color='#c0504d', label='training', markerfacecolor='white')
+    groups = kind_groups(first)  # one curve per evaluation kind (Heun: its Euler and its correction)
+    marks = ['o', 's', 'D', 'v']
+    for g, (kind, idx) in enumerate(groups):
+        suffix = f' ({kind})' if len(groups) > 1 else ''
+        ax.plot([x[j] for j in idx], [first[j]['training'] for j in idx], '^' + '-:'[g % 2], color='#c0504d',
+                label='training' + suffix, markerfacecolor='white')
     colors = ['#2e8b3a', '#1f5fbf', '#8a3fbf', '#bf7f1f', '#3fa7bf']
     for n, (rec, label) in enumerate(zip(records, labels)):
         rows, color = rec['evaluations'], colors[n % len(colors)]
-        ax.plot(x, [r['sampling'] for r in rows], 'o-', color=color, label=f'sampling ({label})', markerfacecolor='white')
-        axr.plot(x, [r['ratio'] for r in rows], 'o-', color=color, markerfacecolor='white', label=label)
-        if any(r['eps_scaler'] != 1 for r in rows):
-            ax.plot(x, [r['sampling_used'] for r in rows], 'o--', color=color, markersize=3, label=f'sampling eps/lambda ({label})')
-            axr.plot(x, [r['ratio_used'] for r in rows], 'o--', color=color, markersize=3, label=f'eps/lambda ({label})')
+        for g, (kind, idx) in enumerate(groups):
+            tag, style = (f'{label}, {kind}' if len(groups) > 1 else label), marks[g % 4] + '-:'[g % 2]
+            pick = lambda key: [rows[j][key] for j in idx]  # noqa: E731
+            xs = [x[j] for j in idx]
+            ax.plot(xs, pick('sampling'), style, color=color, label=f'sampling ({tag})', markerfacecolor='white')
+            axr.plot(xs, pick('ratio'), style, color=color, markerfacecolor='white', label=tag)
+            if any(r['eps_scaler'] != 1 for r in rows):
+                ax.plot(xs, pick('sampling_used'), marks[g % 4] + '--', color=color, markersize=3, label=f'sampling eps/lambda ({tag})')
+                axr.plot(xs, pick('ratio_used'), marks[g % 4] + '--', color=color, markersize=3, label=f'eps/lambda ({tag})')
     axr.axhline(1, color='grey', linewidth=0.8)
     _focus_ratio_axis(axr, records, x)
-    note = layout_note([(r['step'], r['kind']) for r in first])
+    note = layout_note([(r['step'], r['kind']) for r in first]) if len(groups) == 1 else ''
     ax.set_ylabel('mean $\\|\\epsilon_\\theta\\|_2$')
     axr.set_ylabel('sampling / training')
     axr.set_xlabel('timestep (1 = last evaluation)' + (f'; {note}' if note else ''))

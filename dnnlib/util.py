@@ -325,6 +325,15 @@ def _describe_error(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+def url_cache_file(url: str, cache_dir: Optional[str] = None) -> str:
+    """The file that open_url() reads for `url` once downloaded: a copy placed there serves offline."""
+    if cache_dir is None:
+        cache_dir = make_cache_dir_path('downloads')
+    digest = hashlib.md5(url.encode('utf-8')).hexdigest()
+    name = re.sub(r'[^0-9A-Za-z._-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'download'
+    return os.path.join(cache_dir, f'{digest}_{name}')
+
+
 def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 3, verbose: bool = True,
              return_filename: bool = False, cache: bool = True) -> Any:
     """Open a local path, file:// URL or http(s) URL for binary reading (or return its filename).
@@ -344,11 +353,8 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 3, v
         return path if return_filename else open(path, 'rb')
 
     # Cache hit.
-    if cache_dir is None:
-        cache_dir = make_cache_dir_path('downloads')
-    digest = hashlib.md5(url.encode('utf-8')).hexdigest()
-    name = re.sub(r'[^0-9A-Za-z._-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'download'
-    cache_file = os.path.join(cache_dir, f'{digest}_{name}')
+    cache_file = url_cache_file(url, cache_dir)
+    cache_dir = os.path.dirname(cache_file)
     if cache and os.path.isfile(cache_file):
         return cache_file if return_filename else open(cache_file, 'rb')
 
@@ -374,7 +380,8 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 3, v
                 break
             if attempt + 1 < num_attempts:
                 time.sleep(min(2 ** attempt, 5) * 0.1)
-    raise OpenURLError(f'{url}: download failed: {_describe_error(last_err)}')
+    hint = f'; offline, put a copy of the file at {cache_file}' if cache else ''
+    raise OpenURLError(f'{url}: download failed: {_describe_error(last_err)}{hint}')
 
 #----------------------------------------------------------------------------
 # Formatting helpers used by progress output.

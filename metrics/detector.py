@@ -27,6 +27,9 @@ INCEPTION_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/
 # NVIDIA's VGG16 used by StyleGAN3's precision/recall (pr50k3).
 VGG16_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/vgg16.pkl'
 
+# The digit classifier bundled for the bundled MNIST model (exposure.py classifier writes such files).
+BUNDLED_CLASSIFIER = 'models/mnist-classifier.pkl'
+
 MAX_CODE_BYTES = 32 << 20   # TorchScript source in one archive (NVIDIA's Inception has well under 1 MiB).
 
 
@@ -164,7 +167,11 @@ def load_detector_and_digest(url=INCEPTION_URL, device=None, verbose=False, allo
         with dnnlib.util.open_url(url, verbose=verbose) as f:
             data = f.read()
     except OSError as err:  # OpenURLError included
-        raise MetricError(f'cannot load detector: {err}') from None
+        hint = ''
+        if dnnlib.util.is_url(url):  # a failed download: the ways to work offline
+            hint = (f'; or pass a local file with --detector=PKL (for the bundled MNIST model: '
+                    f'--detector={BUNDLED_CLASSIFIER}, see docs/fid.md)')
+        raise MetricError(f'cannot load detector: {err}{hint}') from None
     digest = hashlib.sha256(data).hexdigest()
     allowed = pickle_code_allowed(allow_pickle_code)
     try:

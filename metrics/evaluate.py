@@ -15,6 +15,7 @@ Definitions (see docs/fid.md):
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -27,10 +28,29 @@ from .frechet import frechet_distance
 from .inception_score import inception_score
 from .kid import kernel_inception_distance_std
 from .precision_recall import precision_recall
-from .reference import choose_source, inspect_reference, load_stats, reference_from_images, save_reference
+from .reference import (choose_source, inspect_reference, load_stats, reference_channels, reference_from_images,
+                        save_reference)
 
 METRICS = ('fid', 'kid', 'is', 'pr')
 PR_NHOOD = 3
+
+
+KID_SUBSET = 1000  # kid50k's subset size: fewer images than this per set make KID unreliable
+
+
+def warn(message):
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def _colours(channels):
+    return 'RGB' if channels == 3 else ('grayscale' if channels == 1 else f'{channels}-channel')
+
+
+def _warn_channels(image_path, channels, ref_path, ref_channels):
+    """A warning when images and reference differ in channels (the detector sees grayscale as gray RGB)."""
+    if ref_channels is not None and ref_channels != channels:
+        warn(f'{image_path} holds {_colours(channels)} images but {ref_path} was made from {_colours(ref_channels)} '
+             f'images; the score then also measures that difference (make the reference from images like these)')
 
 
 def _load(url, device, verbose, allow_pickle_code, what='detector'):
@@ -99,6 +119,8 @@ def calc_metrics(image_path, ref_path, metrics=('fid',), num_expected=50000, see
     if source == 'stored':
         stored = dist.run_on_rank0(lambda: load_stats(ref, features=need_feats and not features_from_images), MetricError)
     dataset = _open_counted(image_path, num_expected, seed)
+    if dist.get_rank() == 0:
+        _warn_channels(image_path, dataset.image_shape[0], ref_path, reference_channels(ref))
     detector, digest = _load(detector_url, device, verbose, allow_pickle_code)
 
     # Reference statistics: stored, or of the reference images (cached), or stored mu/sigma with image features.
@@ -135,6 +157,10 @@ def calc_metrics(image_path, ref_path, metrics=('fid',), num_expected=50000, see
     if 'fid' in metrics:
         results['fid'] = frechet_distance(stats.mu, stats.sigma, reference['mu'], reference['sigma'])
     if 'kid' in metrics:
+        size = min(stats.features.shape[0], reference['features'].shape[0])
+        if size < KID_SUBSET:
+            warn(f'KID from {size} images per set is unreliable: StyleGAN3\'s kid50k averages subsets of {KID_SUBSET} '
+                 f'images of each set; its bias and kid_std grow as the sets shrink (use --num of at least {KID_SUBSET})')
         results['kid'], results['kid_std'] = kernel_inception_distance_std(stats.features, reference['features'], seed=seed)
     if 'is' in metrics:
         if stats.probs is None:
@@ -192,7 +218,8 @@ def calc_reference(dataset_path, dest_path, max_batch_size=64, detector_url=INCE
         features = _subset(stats.features, keep_features, 0) if keep_features > 0 else None
         pr_features = _subset(pr_features, keep_features, 0) if pr_features is not None else None
         try:
-            path = save_reference(dest_path, stats.mu, stats.sigma, features, pr_features)
+            path = save_reference(dest_path, stats.mu, stats.sigma, features, pr_features,
+                                  image_channels=dataset.image_shape[0])
         except OSError as err:
             raise MetricError(f'cannot write {dest_path}: {err.strerror or err}') from None
     dist.barrier()

@@ -121,7 +121,22 @@ def load_reference(path_or_url, verbose=False):
     return load_stats(ref, features=True, pr_features=True)
 
 
-def save_reference(path, mu, sigma, features=None, pr_features=None):
+def reference_channels(ref):
+    """Channels of the images a ReferenceFile was made from (1 or 3), or None where it does not say.
+
+    Reference batches hold the images ([N, H, W, C]); statistics written by fid.py ref store
+    image_channels beside mu and sigma (EDM reads mu and sigma only; its own files do not say).
+    """
+    images = ref.arrays.get('arr_0')
+    if images is not None and len(images.shape) == 4:
+        return int(images.shape[3])
+    stored = ref.arrays.get('image_channels')
+    if stored is not None and stored.shape == () and stored.dtype.kind in 'iu':
+        return int(as_metric_error(read_array, ref.path, stored, ref.label))
+    return None
+
+
+def save_reference(path, mu, sigma, features=None, pr_features=None, image_channels=None):
     """Write reference statistics atomically; returns the path written ('.npz' appended like numpy does)."""
     path = os.fspath(path)
     if not path.endswith('.npz'):
@@ -133,6 +148,8 @@ def save_reference(path, mu, sigma, features=None, pr_features=None):
         arrays['features'] = features
     if pr_features is not None:
         arrays['pr_features'] = pr_features
+    if image_channels is not None:
+        arrays['image_channels'] = np.int64(image_channels)
     with dnnlib.util.atomic_write(path) as f:
         np.savez(f, **arrays)
     return path

@@ -233,6 +233,18 @@ def write_grid(path, outdir, seeds, subdirs=False, max_images=GRID_MAX_IMAGES):
     image_io.save_grid(path, images)
 
 
+def check_grid_path(grid, outdir):
+    """Raise GenerateError if the --grid file would lie inside --outdir.
+
+    Every image under an output folder counts as a sample for fid.py and dataset_tool.py (EDM's
+    folder semantics), so a grid written there would be scored as one more, odd-sized, image.
+    """
+    folder, path = os.path.realpath(outdir), os.path.realpath(grid)
+    if os.path.commonpath([folder, path]) == folder:
+        raise GenerateError(f'--grid {grid} lies inside --outdir {outdir}, where fid.py would count it as a sample; '
+                            f'write it next to the folder instead (e.g. --grid={os.path.basename(grid) or "grid.png"})')
+
+
 def existing_images(outdir, seeds, subdirs=False):
     """True if a PNG of one of `seeds` exists in outdir. Costs one stat per seed, or for long
     seed lists one listing of the folder, whichever is smaller."""
@@ -319,8 +331,8 @@ def _check_record(folder, record, resume):
 
 
 def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, device=None, fast=FastPaths(),
-                  resume=True, progress=True, class_idx=None):
-    """Sample one image per seed and write out_dir/samples_NxHxWxC.npz; return NpzStats.
+                  resume=True, progress=True, class_idx=None, name=None):
+    """Sample one image per seed and write out_dir/samples_NxHxWxC.npz (or out_dir/`name`); return NpzStats.
 
     `record` (JSON data) describes everything that decides the pixels besides the seeds; parts
     of an earlier run are reused only when its record matches.
@@ -328,7 +340,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     device = torch.device('cpu') if device is None else torch.device(device)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     shape = [net.img_resolution, net.img_resolution, net.img_channels]
-    final = os.path.join(out_dir, npz_name(len(seeds), *shape[1:]))
+    final = os.path.join(out_dir, name or npz_name(len(seeds), *shape[1:]))
     folder = os.path.join(out_dir, '.' + os.path.basename(final) + '.parts')
     conditional = bool(net.label_dim)
     batch_of = lambda b: seeds[b * max_batch_size:(b + 1) * max_batch_size]

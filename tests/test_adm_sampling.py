@@ -442,7 +442,7 @@ def test_image_sample_conditional_labels(tmp_path):
     (['--use_ddim', 'True', '--eta', '-1'], '--eta must be a non-negative number'),
     (['--use_ddim', 'True', '--do_time_shift', 'True', '--window', '-2'], '--ts_window must not be negative'),
     (['--use_ddim', 'True', '--do_time_shift', 'True', '--cutoff', '0', '--timestep_respacing', 'ddim5'], 'NaN with cutoff 0'),
-    (['--do_time_shift', 'True'], 'defined for --solver=ddim only'),
+    (['--do_time_shift', 'True'], "time shift for DDIM: add --use_ddim True"),
     (['--num_channels', '64'], 'has shape'),
     (['--learn_sigma', 'False'], 'has shape [6, 32, 3, 3], the flags give [3, 32, 3, 3]'),
     (['--use_ddim', 'maybe'], 'boolean value expected'),

@@ -240,7 +240,7 @@ def test_reference_files_match_edm_format(tmp_path):
 def test_ref_and_calc_match_a_direct_computation(dataset, detector_pkl, tmp_path):
     feats_real = direct_features(detector_pkl, dataset['real'])
     with np.load(dataset['ref']) as npz:
-        assert sorted(npz.files) == ['features', 'mu', 'sigma']
+        assert sorted(npz.files) == ['features', 'image_channels', 'mu', 'sigma'] and npz['image_channels'] == 3
         # The float32 detector may round differently for other batch shapes: compare to 1e-6.
         np.testing.assert_allclose(npz['mu'], feats_real.mean(0), rtol=1e-6)
         np.testing.assert_allclose(npz['sigma'], np.cov(feats_real, rowvar=False), rtol=1e-6, atol=1e-6)

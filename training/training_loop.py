@@ -12,6 +12,7 @@ images seen): it repeats on resume but depends on the process layout.
 import copy
 import json
 import os
+import re
 import pickle
 import time
 
@@ -26,6 +27,21 @@ from torch_utils import training_stats
 from training.loss import SampleRNG
 
 STATE_FORMAT = 'edmkit-training-state/1'
+
+
+def kimg_name(nimg, fractional_ticks=False):
+    """The kimg part of snapshot and state dump names: EDM's whole kimg (000100), which whole-kimg
+    ticks keep apart; with fractional ticks also the images beyond it (000000.512), so that no
+    two snapshots get one name."""
+    if not fractional_ticks or nimg % 1000 == 0:
+        return f'{nimg // 1000:06d}'
+    return f'{nimg // 1000:06d}.{nimg % 1000:03d}'
+
+
+def nimg_of_name(text):
+    """Images seen, from the kimg part of a name written by kimg_name (None if it is not one)."""
+    match = re.fullmatch(r'(\d+)(?:\.(\d{3}))?', text)
+    return None if match is None else int(match.group(1)) * 1000 + int(match.group(2) or 0)
 
 #----------------------------------------------------------------------------
 
@@ -140,7 +156,7 @@ def training_loop(
 
     # Progress to resume from.
     state = None
-    cur_nimg, cur_tick = int(resume_kimg * 1000), 0
+    cur_nimg, cur_tick = int(round(resume_kimg * 1000)), 0
     if resume_state_dump:
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
         state = load_state_dump(resume_state_dump)
@@ -285,7 +301,7 @@ def training_loop(
                     data[key] = value.cpu()
                 del value
             if rank == 0:
-                with dnnlib.util.atomic_write(os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl')) as f:
+                with dnnlib.util.atomic_write(os.path.join(run_dir, f'network-snapshot-{kimg_name(cur_nimg, kimg_per_tick != int(kimg_per_tick))}.pkl')) as f:
                     pickle.dump(data, f)
             del data
 
@@ -294,7 +310,7 @@ def training_loop(
             state = dict(format=STATE_FORMAT, net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
                          cur_nimg=cur_nimg, cur_tick=cur_tick + 1, seed=seed, batch_size=batch_size,
                          augment_kwargs=json.loads(json.dumps(augment_kwargs)))
-            with dnnlib.util.atomic_write(os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt')) as f:
+            with dnnlib.util.atomic_write(os.path.join(run_dir, f'training-state-{kimg_name(cur_nimg, kimg_per_tick != int(kimg_per_tick))}.pt')) as f:
                 torch.save(state, f)
             del state
 
