@@ -15,6 +15,16 @@ class CheckpointError(ValueError):
 
 def read_state_dict(path_or_url):
     """The state dict in a guided-diffusion `.pt` file (path or URL), read with weights_only=True."""
+    state = read_weights_only(path_or_url)
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                             for k, v in state.items()):
+        raise CheckpointError(f'{path_or_url} does not hold a state dict of tensors (found {type(state).__name__})')
+    return state
+
+
+def read_weights_only(path_or_url):
+    """Whatever a `.pt` file (path or URL) holds, read with weights_only=True (tensors and plain
+    containers, e.g. an optimizer state dict)."""
     try:
         path = dnnlib.util.open_url(path_or_url, return_filename=True)
         state = torch.load(path, map_location='cpu', weights_only=True)
@@ -28,7 +38,4 @@ def read_state_dict(path_or_url):
             raise CheckpointError(f'cannot read {path_or_url} as a PyTorch checkpoint (truncated or not a torch.save zip file)') from None
         first = text.splitlines()[0][:200] if text else type(err).__name__
         raise CheckpointError(f'cannot read {path_or_url} as a PyTorch checkpoint ({first})') from None
-    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                             for k, v in state.items()):
-        raise CheckpointError(f'{path_or_url} does not hold a state dict of tensors (found {type(state).__name__})')
     return state
