@@ -324,6 +324,14 @@ def test_two_processes_equal_one(folder, tmp_path):
 # Bad input: one line, non-zero exit, nothing written.
 
 
+def test_help_text_in_sync():
+    res = CliRunner().invoke(image_train.main, ['--help'], prog_name='image_train.py')
+    assert res.exit_code == 0
+    with open(os.path.join(ROOT, 'docs', 'image-train-help.txt'), encoding='utf8') as f:
+        assert res.output == f.read(), 'regenerate with: python -c "from click.testing import CliRunner; import image_train; ' \
+            'print(CliRunner().invoke(image_train.main, [\'--help\'], prog_name=\'image_train.py\').output, end=\'\')" > docs/image-train-help.txt'
+
+
 def _cli(args):
     return CliRunner().invoke(image_train.main, [*TINY_ARGS, '--progress', 'False', '--max_steps', '1', *args])
 
@@ -337,7 +345,7 @@ def _zip(path, sizes):
 
 
 @pytest.mark.parametrize('case', ['empty', 'mixed_zip', 'other_arch', 'sampler', 'schedule', 'lr', 'ema', 'microbatch',
-                                  'steps', 'not_a_checkpoint'])
+                                  'steps', 'not_a_checkpoint', 'fp16_opt', 'bad_state', 'batch_too_big'])
 def test_bad_input(case, folder, tmp_path):
     log_dir = tmp_path / 'run'
     data = folder
@@ -353,6 +361,17 @@ def test_bad_input(case, folder, tmp_path):
         os.makedirs(other)
         torch.save(create_model(dict(TINY, num_channels=64)).state_dict(), other / 'model000004.pt')
         extra = ['--resume_checkpoint', str(other / 'model000004.pt')]
+    elif case in ('fp16_opt', 'bad_state'):
+        run = tmp_path / 'prev'
+        _run(folder, run, max_steps=1, save_interval=1)
+        if case == 'fp16_opt':  # guided-diffusion's fp16 layout: two flat master tensors
+            opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(20))])
+            torch.save(opt.state_dict(), run / 'opt000000.pt')
+        else:
+            torch.save(torch.zeros(3), run / 'train_state000000.pt')
+        extra = ['--resume_checkpoint', str(run / 'model000000.pt')]
+    elif case == 'batch_too_big':
+        extra = ['--batch_size', '9']
     elif case == 'not_a_checkpoint':
         (tmp_path / 'model000001.pt').write_bytes(b'not a checkpoint')
         extra = ['--resume_checkpoint', str(tmp_path / 'model000001.pt')]

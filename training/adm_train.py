@@ -314,9 +314,13 @@ def train(flags, options, device=None, note=print):
                 model.check_state_dict(ema, f'EMA of {os.path.basename(path)}')
         if os.path.exists(os.path.join(folder, names['opt'])):
             opt_state = _read(os.path.join(folder, names['opt']), 'optimizer file')
+            if not isinstance(opt_state, dict):
+                raise TrainError(f'{names["opt"]} beside {path} is not an optimizer state dict')
         updates = number + 1  # guided-diffusion's in-loop saves: file N holds N + 1 updates
         if os.path.exists(os.path.join(folder, names['state'])):
             record = _read(os.path.join(folder, names['state']), 'training state')
+            if not isinstance(record, dict) or not isinstance(record.get('sampler', {}), dict):
+                raise TrainError(f'{names["state"]} beside {path} is not a training state written by image_train.py')
             updates = int(record.get('updates', updates))
             lg_loss_scale = float(record.get('lg_loss_scale', lg_loss_scale))
             sampler.load_state_dict(record.get('sampler', {}))
