@@ -105,7 +105,7 @@ class GuidedUNet(torch.nn.Module):
         h = x.to(torch.float16 if half else torch.float32)
         t = torch.as_tensor(timesteps, device=x.device).to(torch.float32).reshape(-1).expand(x.shape[0])
         out = torch.func.functional_call(self._inner[0], self.inner_parameters(), (h, t),
-                                         dict(class_labels=None if labels is None else labels.to(h.dtype)))
+                                         dict(class_labels=labels))
         return out.to(x.dtype)
 
     def check_state_dict(self, state, source='checkpoint'):
