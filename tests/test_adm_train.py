@@ -319,6 +319,35 @@ def test_two_processes_equal_one(folder, tmp_path):
     c = _load(tmp_path / 'half' / 'model000003.pt')
     assert not all(torch.allclose(a[k], c[k], rtol=0, atol=1e-4) for k in a)
 
+def test_fp16_loss_scaling_on_cpu(folder, tmp_path):
+    # On the CPU --use_fp16 trains in float32 with guided-diffusion's loss scale 2^lg: scaling by a
+    # power of 2 (growth 0 keeps lg = 20) and back leaves the weights exactly as without it.
+    same = dict(lr=1e-3, save_interval=1, max_steps=3)
+    _run(folder, tmp_path / 'fp32', **same)
+    _run(folder, tmp_path / 'fp16', use_fp16=True, fp16_scale_growth=0, **same)
+    a, b = _load(tmp_path / 'fp32' / 'model000002.pt'), _load(tmp_path / 'fp16' / 'model000002.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _load(tmp_path / 'fp16' / 'train_state000002.pt')['lg_loss_scale'] == 20
+    # A scale that overflows (2^(20 + 120) > float32's range): the step and the EMA update are skipped, lg drops by 1.
+    _run(folder, tmp_path / 'over', use_fp16=True, fp16_scale_growth=120, **same)
+    m0, m2 = _load(tmp_path / 'over' / 'model000000.pt'), _load(tmp_path / 'over' / 'model000002.pt')
+    e0, e2 = _load(tmp_path / 'over' / 'ema_0.9_000000.pt'), _load(tmp_path / 'over' / 'ema_0.9_000002.pt')
+    assert all(torch.equal(m0[k], m2[k]) and torch.equal(e0[k], e2[k]) for k in m0)
+    assert _load(tmp_path / 'over' / 'train_state000002.pt')['lg_loss_scale'] == 140 - 2
+
+
+def test_folder_classes_and_crop(folder):
+    from training.adm_data import TrainingImages
+    data = TrainingImages(folder, 8, class_cond=True)
+    names = [os.path.basename(f) for f in data.files]
+    assert [data.label(i) for i in range(len(data))] == [0 if n.startswith('cat') else 1 for n in names]
+    assert names[-1].startswith('dog_0') or any('sub' in f for f in data.files)  # subfolders are read too
+    assert all(data.image(i).shape == (3, 8, 8) and data.image(i).dtype == np.uint8 for i in range(len(data)))
+    # guided-diffusion's order: each folder's entries sorted, a subfolder where its name sorts.
+    assert [os.path.relpath(f, folder) for f in data.files] == ['cat_1.png', 'cat_5.png', 'cat_7.png', 'dog_2.png',
+                                                                 'dog_4.png', 'sub/cat_3.png', 'sub/dog_0.png', 'sub/dog_6.png']
+
+
 #----------------------------------------------------------------------------
 # Bad input: one line, non-zero exit, nothing written.
 
