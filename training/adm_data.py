@@ -83,7 +83,13 @@ class TrainingImages:
     def _init_zip(self, class_cond):
         try:
             self._zip = ImageFolderDataset(self.path, resolution=self.size, use_labels=class_cond)
-            shapes = {tuple(self._zip._load_raw_image(i).shape) for i in range(len(self._zip))}
+            shapes = set()
+            for i in range(len(self._zip)):  # every image is decoded once here; the first CACHE_BYTES are kept
+                arr = self._zip._load_raw_image(i)
+                shapes.add(tuple(arr.shape))
+                if arr.shape[0] == 3 and self._cached_bytes + arr.nbytes <= CACHE_BYTES:
+                    self._cache[i] = np.ascontiguousarray(arr)
+                    self._cached_bytes += arr.nbytes
             labels = self._zip._get_raw_labels() if class_cond else None
         except (OSError, ValueError) as err:
             raise DataError(str(err).splitlines()[0]) from None
