@@ -372,6 +372,12 @@ def _zip(path, sizes):
             z.writestr(f'img{i}.png', buf.getvalue())
 
 
+def test_zip_dataset_trains(tmp_path):
+    _zip(tmp_path / 'd.zip', [(8, 8)] * 4)
+    result = _run(str(tmp_path / 'd.zip'), tmp_path / 'run', max_steps=1, save_interval=1)
+    assert result['updates'] == 1 and os.path.exists(tmp_path / 'run' / 'model000000.pt')
+
+
 @pytest.mark.parametrize('case', ['empty', 'mixed_zip', 'other_arch', 'sampler', 'schedule', 'lr', 'ema', 'microbatch',
                                   'steps', 'not_a_checkpoint', 'fp16_opt', 'bad_state', 'batch_too_big'])
 def test_bad_input(case, folder, tmp_path):
