@@ -118,6 +118,8 @@ def training_config(opts, world_size=1):
         c.augment_kwargs.update(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
         c.network_kwargs.augment_dim = 9
     c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
+    if opts.get('input_pertub'):  # only when given, so that the default options stay EDM's
+        c.loss_kwargs.input_pertub = opts.input_pertub
     levels = len(c.network_kwargs.channel_mult)
     if levels < 1 or resolution % (1 << (levels - 1)) != 0:
         raise click.ClickException(f'--data: resolution {resolution}x{resolution} does not fit --arch={opts.arch} with '
@@ -158,6 +160,8 @@ def training_config(opts, world_size=1):
     cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
     dtype_str = 'fp16' if c.network_kwargs.use_fp16 else 'fp32'
     desc = f'{dataset_name:s}-{cond_str:s}-{opts.arch:s}-{opts.precond:s}-gpus{world_size:d}-batch{c.batch_size:d}-{dtype_str:s}'
+    if opts.get('input_pertub'):
+        desc += f'-ip{opts.input_pertub:g}'
     if opts.desc is not None:
         desc += f'-{opts.desc}'
     return c, desc
@@ -215,6 +219,7 @@ def _log_to(path):
 @click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=cli.FloatRange(min=0), default=0.5, show_default=True)
 @click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=cli.FloatRange(min=0, max=1), default=0.13, show_default=True)
 @click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=cli.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--input-pertub',  help='Input perturbation gamma (DDPM-IP)', metavar='FLOAT',           type=cli.FloatRange(min=0), default=0, show_default=True)
 @click.option('--xflip',         help='Enable dataset x-flips', metavar='BOOL',                     type=bool, default=False, show_default=True)
 
 # Performance-related.
@@ -246,7 +251,8 @@ def main(**kwargs):
     (with a fractional --tick, 000000.500 at 500 images). --resume with the options of the
     original run continues it exactly, in the run's own folder (EDM starts a new one;
     --nosubdir writes to --outdir). Beyond EDM:
-    --blocks, --attn, --lr-rampup, --workers=0 and fractional --tick.
+    --blocks, --attn, --lr-rampup, --workers=0, fractional --tick, and DDPM-IP's input
+    perturbation --input-pertub (docs/training.md).
 
     Examples:
 

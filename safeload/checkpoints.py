@@ -40,14 +40,20 @@ def _is_state_dict(state):
 
 def read_state_dict(path_or_url):
     """The state dict in a guided-diffusion `.pt` file (path or URL), read with weights_only=True."""
+    state = read_weights_only(path_or_url)
+    if not _is_state_dict(state):
+        raise CheckpointError(f'{path_or_url} does not hold a state dict of tensors (found {type(state).__name__})')
+    return state
+
+
+def read_weights_only(path_or_url):
+    """Whatever a `.pt` file (path or URL) holds, read with weights_only=True (tensors and plain
+    containers, e.g. an optimizer state dict)."""
     try:
         path = dnnlib.util.open_url(path_or_url, return_filename=True)
     except OSError as err:  # OpenURLError included
         raise CheckpointError(f'cannot read {path_or_url}: {err}') from None
-    state = _torch_load(path, path_or_url)
-    if not _is_state_dict(state):
-        raise CheckpointError(f'{path_or_url} does not hold a state dict of tensors (found {type(state).__name__})')
-    return state
+    return _torch_load(path, path_or_url)
 
 
 MAX_PICKLE_BYTES = 64 << 20     # The pickle of a state dict with thousands of tensors takes well under 1 MB.

@@ -51,7 +51,13 @@ def _rand(rng, size, device):
 
 
 class _DenoisingLoss:
-    """weight(sigma) * |D(y + n; sigma) - y|^2 with n ~ N(0, sigma^2), per pixel (EDM eq. 2, 8)."""
+    """weight(sigma) * |D(y + n; sigma) - y|^2 with n ~ N(0, sigma^2), per pixel (EDM eq. 2, 8).
+
+    With input_pertub = gamma > 0 (DDPM-IP, Ning et al. 2023), the network sees
+    y + sigma (n + gamma n') for a second draw n' ~ N(0, I) while the target stays y; gamma 0
+    draws no n' and is EDM's loss exactly.
+    """
+    input_pertub = 0.0  # class default: losses pickled before this option existed load with gamma 0
 
     def sample_sigma(self, rng, n, device):
         raise NotImplementedError
@@ -65,7 +71,10 @@ class _DenoisingLoss:
             y, augment_labels = images, None
         else:
             y, augment_labels = augment_pipe(images) if rng is None else augment_pipe(images, rng=rng)
-        noise = _randn(rng, y.shape, y.device) * sigma
+        n = _randn(rng, y.shape, y.device)
+        if self.input_pertub:
+            n = n + self.input_pertub * _randn(rng, y.shape, y.device)
+        noise = n * sigma
         D_yn = net(y + noise, sigma, labels, augment_labels=augment_labels)
         return self.weight(sigma) * ((D_yn - y) ** 2)
 
@@ -74,10 +83,11 @@ class _DenoisingLoss:
 class VPLoss(_DenoisingLoss):
     """Variance preserving (Song et al. 2021): t ~ U(epsilon_t, 1), sigma(t) of the linear beta schedule."""
 
-    def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5):
+    def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5, input_pertub=0.0):
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.epsilon_t = epsilon_t
+        self.input_pertub = float(input_pertub)
 
     def sigma(self, t):
         t = torch.as_tensor(t)
@@ -92,9 +102,10 @@ class VPLoss(_DenoisingLoss):
 class VELoss(_DenoisingLoss):
     """Variance exploding (Song et al. 2021): sigma log-uniform in [sigma_min, sigma_max]."""
 
-    def __init__(self, sigma_min=0.02, sigma_max=100):
+    def __init__(self, sigma_min=0.02, sigma_max=100, input_pertub=0.0):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
+        self.input_pertub = float(input_pertub)
 
     def sample_sigma(self, rng, n, device):
         u = _rand(rng, [n, 1, 1, 1], device)
@@ -105,10 +116,11 @@ class VELoss(_DenoisingLoss):
 class EDMLoss(_DenoisingLoss):
     """EDM: ln(sigma) ~ N(P_mean, P_std^2), weight (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2."""
 
-    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
+    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5, input_pertub=0.0):
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data
+        self.input_pertub = float(input_pertub)
 
     def sample_sigma(self, rng, n, device):
         return (_randn(rng, [n, 1, 1, 1], device) * self.P_std + self.P_mean).exp()
