@@ -25,18 +25,7 @@ from torch_utils import threads
 from networks import adm
 
 
-class GuidedBool(click.ParamType):
-    """guided-diffusion's booleans: True/False, yes/no, t/f, y/n, 1/0 in any case."""
-    name = 'bool'
-
-    def convert(self, value, param, ctx):
-        try:
-            return adm.str2bool(value)
-        except Exception as err:  # argparse.ArgumentTypeError
-            self.fail(str(err), param, ctx)
-
-
-BOOL = GuidedBool()
+BOOL = cli.GUIDED_BOOL
 # image_sample.py's own flags (guided-diffusion's, the forks', and this toolkit's --seed and --eta).
 SAMPLING_FLAGS = dict(
     model_path=(None, 'Checkpoint (.pt state dict) to sample'),
@@ -70,8 +59,7 @@ TYPES = dict(solver=click.Choice([*SOLVERS, 'ddpm', 'ddim']), order=click.IntRan
 
 
 def _option(name, default, text, hidden=False):
-    kind = TYPES.get(name) or (BOOL if isinstance(default, bool) else cli.FLOAT if isinstance(default, float)
-                               else str if default is None else type(default))
+    kind = cli.guided_flag_type(name, default, TYPES)
     if name == 'model_path':
         return click.option(f'--{name}', type=kind, required=True, metavar='PATH|URL', help=text)
     return click.option(f'--{name}', type=kind, default=default, show_default=default is not None, help=text,

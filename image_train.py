@@ -13,7 +13,6 @@ import os
 
 import click
 
-from image_sample import BOOL
 from networks import adm
 from safeload.checkpoints import CheckpointError
 from torch_utils import cli
@@ -50,8 +49,7 @@ TYPES = dict(schedule_sampler=click.Choice(SCHEDULE_SAMPLERS), lr=cli.FLOAT, wei
 
 
 def _option(name, default, text):
-    kind = TYPES.get(name) or (BOOL if isinstance(default, bool) else cli.FLOAT if isinstance(default, float)
-                               else type(default))
+    kind = cli.guided_flag_type(name, default, TYPES)
     return click.option(f'--{name}', type=kind, default=default, show_default=default != '', help=text)
 
 
@@ -62,7 +60,7 @@ def train_options(fn):
     options += [_option(name, default, 'ADM model flag') for name, default in adm.MODEL_FLAGS.items() if name != 'use_fp16']
     options += [_option(name, default, 'ADM diffusion flag') for name, default in adm.DIFFUSION_FLAGS.items()]
     options += [click.option('--device', type=cli.DEVICE, default=None, help='Torch device  [default: this rank\'s GPU, else cpu]'),
-                click.option('--progress', type=BOOL, default=True, show_default=True, help='Show a progress bar')]
+                click.option('--progress', type=cli.GUIDED_BOOL, default=True, show_default=True, help='Show a progress bar')]
     for option in reversed(options):
         fn = option(fn)
     return fn

@@ -18,6 +18,7 @@ import torch
 
 import dnnlib
 from networks import edm as networks
+from torch_utils.cli import str2bool  # noqa: F401  (guided-diffusion's booleans; networks.adm.str2bool kept)
 from safeload.checkpoints import CheckpointError, read_state_dict
 
 #----------------------------------------------------------------------------
@@ -88,17 +89,6 @@ PRESETS = {
 
 class ADMError(ValueError):
     """Bad ADM flags or a checkpoint that does not fit them; the message is one line."""
-
-
-def str2bool(text):
-    """guided-diffusion's boolean syntax: yes/true/t/y/1 and no/false/f/n/0, any case."""
-    if isinstance(text, bool):
-        return text
-    value = {'yes': True, 'true': True, 't': True, 'y': True, '1': True,
-             'no': False, 'false': False, 'f': False, 'n': False, '0': False}.get(str(text).lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f'boolean value expected (True or False), got "{text}"')
-    return value
 
 
 def flag_type(default):

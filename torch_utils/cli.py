@@ -6,6 +6,7 @@ reaches a sampler, a loss or a file. `--device` uses `DEVICE`, checked against t
 tests/test_bad_inputs.py walks every command and fails if an option escapes these types.
 """
 
+import argparse
 import math
 
 import click
@@ -61,3 +62,35 @@ def os_error_message(err: OSError, action='write') -> str:
     if action is None:
         return f'{where}: {reason}' if where else reason
     return f'cannot {action}{" " + where if where else ""}: {reason}'
+
+
+def str2bool(text):
+    """guided-diffusion's boolean syntax: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    if isinstance(text, bool):
+        return text
+    value = {'yes': True, 'true': True, 't': True, 'y': True, '1': True,
+             'no': False, 'false': False, 'f': False, 'n': False, '0': False}.get(str(text).lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f'boolean value expected (True or False), got "{text}"')
+    return value
+
+
+class GuidedBool(click.ParamType):
+    """guided-diffusion's booleans (str2bool) as a click type, for the commands with its flags."""
+    name = 'bool'
+
+    def convert(self, value, param, ctx):
+        try:
+            return str2bool(value)
+        except argparse.ArgumentTypeError as err:
+            self.fail(str(err), param, ctx)
+
+
+GUIDED_BOOL = GuidedBool()
+
+
+def guided_flag_type(name, default, types):
+    """The click type of a guided-diffusion flag: types[name], else that of its default (booleans
+    as guided-diffusion reads them, floats through FloatRange, None as str)."""
+    return types.get(name) or (GUIDED_BOOL if isinstance(default, bool) else FLOAT if isinstance(default, float)
+                               else str if default is None else type(default))
