@@ -223,7 +223,8 @@ def sample_batch(sampler, net, batch, class_idx=None, device='cpu'):
     """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds."""
     noise = SeedNoise(batch, device=device)
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
+    label_dim = getattr(sampler, 'label_dim', net.label_dim)  # a guided sampler draws labels for its classifier
+    latents, labels = latents_and_labels(noise, shape, label_dim, class_idx, device=device)
     return sampler(latents, labels, noise.randn_like), labels
 
 
@@ -319,20 +320,21 @@ def _check_record(folder, record, resume):
 
 
 def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, device=None, fast=FastPaths(),
-                  resume=True, progress=True, class_idx=None):
+                  resume=True, progress=True, class_idx=None, guidance=None):
     """Sample one image per seed and write out_dir/samples_NxHxWxC.npz; return NpzStats.
 
     `record` (JSON data) describes everything that decides the pixels besides the seeds; parts
-    of an earlier run are reused only when its record matches.
+    of an earlier run are reused only when its record matches. With `guidance`
+    (samplers.guidance) every seed draws a label for the classifier, saved as arr_1.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     shape = [net.img_resolution, net.img_resolution, net.img_channels]
     final = os.path.join(out_dir, npz_name(len(seeds), *shape[1:]))
     folder = os.path.join(out_dir, '.' + os.path.basename(final) + '.parts')
-    conditional = bool(net.label_dim)
     batch_of = lambda b: seeds[b * max_batch_size:(b + 1) * max_batch_size]
-    sampler = Sampler(net, options, device=device, fast=fast)
+    sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)
+    conditional = bool(sampler.label_dim)
     run_record = dict(record, seeds=str(seeds), batch=max_batch_size)
     dist.run_on_rank0(lambda: _check_record(folder, run_record, resume), JobError)
 

@@ -1,0 +1,101 @@
+"""Classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2), as guided-diffusion computes it.
+
+`ClassifierGuidance` holds a noisy classifier and the scale s; `gradient` is guided-diffusion's
+cond_fn: g = s * d/dx_t log softmax(classifier(x_t, t))[y], taken on the VP state x_t, with t
+the timestep the model itself is given (the original timestep under respacing). The rules:
+
+- DDPM (Algorithm 1, guided-diffusion's condition_mean): the posterior mean moves by Sigma g,
+  Sigma the variance of the step; samplers/discrete.py applies it (`guidance=`).
+- DDIM (Algorithm 2, condition_score): eps' = eps - sqrt(1 - abar) g on the eps re-derived from
+  the clipped x0, and x0' from eps' (not clipped again); also in samplers/discrete.py.
+- Every other solver: the same score rule as a denoiser wrapper (`guided`), D' = x - sigma eps',
+  so DPM-Solver, DEIS, PNDM, Euler and Heun on an ADM network compose with it.
+
+Mode 'adm-es' reproduces forever208/ADM-ES's classifier_sample.py, whose DDIM divides the guided
+eps by the epsilon scaler a second time (its _predict_xstart_from_eps divides on every call): the
+model's eps ends up divided by lambda^2 and the guidance term by lambda. 'clean' (the default)
+divides the model's eps once, as the paper and the unguided sampler do. The modes agree for DDPM
+and whenever lambda = 1.
+"""
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from .denoisers import StepDependent, at_step
+
+GUIDANCE_MODES = ('clean', 'adm-es')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierGuidance:
+    classifier: torch.nn.Module         # logits [N, K] of (x_t float32 [N, C, H, W], timesteps [N]).
+    scale: float = 1.0                  # guided-diffusion's --classifier_scale.
+    timestep: Optional[object] = None   # sigma [N] -> the classifier's timesteps [N]; set by bind().
+    mode: str = 'clean'                 # 'clean' or 'adm-es' (see the module docstring).
+    eps_scalers: tuple = ()             # The epsilon scaler of each solver step ('adm-es' needs them).
+
+    @property
+    def num_classes(self):
+        return int(self.classifier.num_classes)
+
+    def bind(self, net, eps_scalers=()):
+        """This guidance for network `net`: the classifier gets the timestep `net` is given
+        (ADMPrecond's c_noise: the nearest original timestep, rescaled as the model's)."""
+        return dataclasses.replace(self, timestep=lambda sigma: net.coefficients(sigma)[3],
+                                   eps_scalers=tuple(float(s) for s in eps_scalers))
+
+    def extra_scaler(self, i):
+        """What the guided DDIM eps of step i is divided by once more (1 except in mode 'adm-es')."""
+        return self.eps_scalers[i] if self.mode == 'adm-es' and self.eps_scalers else 1.0
+
+    def gradient(self, x_t, sigma, class_labels):
+        """s * grad_{x_t} log p(y | x_t) [N, C, H, W] float64 for one-hot labels y, each sample's own."""
+        y = class_labels.argmax(dim=1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device).expand(x_t.shape[0])
+        with torch.enable_grad():
+            x_in = x_t.detach().to(torch.float32).requires_grad_(True)
+            logits = self.classifier(x_in, self.timestep(sigma))
+            selected = logits.to(torch.float32).log_softmax(dim=-1)[torch.arange(len(y), device=y.device), y]
+            grad, = torch.autograd.grad(selected.sum(), x_in)
+        return grad.to(torch.float64) * self.scale
+
+
+def condition_score(x_t, x0, abar, g, extra_scaler=1.0):
+    """guided-diffusion's condition_score on the VP state: x0' from eps' = (eps - sqrt(1 - abar) g) / extra,
+    eps = (x_t / sqrt(abar) - x0) / sqrt(1 / abar - 1); abar per sample, broadcastable to x_t."""
+    inv_root = abar.rsqrt()
+    root_m1 = (1 / abar - 1).sqrt()
+    eps = (x_t * inv_root - x0) / root_m1
+    eps = (eps - (1 - abar).sqrt() * g) / extra_scaler
+    return x_t * inv_root - root_m1 * eps
+
+
+class _GuidedSteps(StepDependent):
+    def __init__(self, denoiser, guidance):
+        self.denoiser = denoiser
+        self.guidance = guidance
+
+    def at_step(self, i):
+        return guided(at_step(self.denoiser, i), self.guidance)
+
+    def __call__(self, x, sigma, class_labels=None):
+        raise TypeError('this guided denoiser depends on the solver step; call at_step(i) first')
+
+
+def guided(denoiser, guidance):
+    """`denoiser` with classifier guidance by the score rule: D' = D + sigma sqrt(1 - abar) g,
+    abar = 1 / (1 + sigma^2) and g taken at x_t = x sqrt(abar) (the same shift of eps as DDIM's).
+    The class labels reach the classifier always and the model as the model takes them."""
+    if isinstance(denoiser, StepDependent):
+        return _GuidedSteps(denoiser, guidance)
+
+    def guided_denoiser(x, sigma, class_labels=None):
+        denoised = denoiser(x, sigma, class_labels).to(torch.float64)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0]).reshape(-1, 1, 1, 1)
+        abar = 1 / (1 + sigma ** 2)
+        x_t = x.to(torch.float64) * abar.sqrt()
+        g = guidance.gradient(x_t, sigma.flatten(), class_labels)
+        return condition_score(x_t, denoised, abar, g)
+    return guided_denoiser
