@@ -11,7 +11,6 @@ import dataclasses
 import os
 
 import click
-import torch
 
 from networks import adm
 from networks import classifier as noisy_classifier
@@ -19,8 +18,9 @@ from torch_utils import cli
 from torch_utils import distributed as dist
 
 from . import SOLVERS, SamplerOptionError, SamplerOptions
-from .fast import FastModule, FastPathError, FastPaths
-from .guidance import GUIDANCE_MODES, ClassifierGuidance
+from . import guidance as guidance_lib
+from .fast import FastPathError, FastPaths
+from .guidance import GUIDANCE_MODES
 from .jobs import JobError, sample_to_npz
 from .sampler import check_guidance, check_network
 from .time_shift import TimeShiftError
@@ -126,20 +126,11 @@ def _source(path):
 
 
 def load_guidance(values, device):
-    """(ClassifierGuidance, its record) from classifier_sample.py's flags: the classifier read
-    weights-only (leader first under torchrun), fp16 on CUDA when --classifier_use_fp16."""
+    """(ClassifierGuidance, its record) from classifier_sample.py's flags (leader first under torchrun)."""
     flags = noisy_classifier.classifier_flags(values['image_size'], **{name: values[name] for name in
                                                                      noisy_classifier.CLASSIFIER_FLAGS})
-    net = dist.leader_first(lambda: noisy_classifier.load_classifier(values['classifier_path'], flags), adm.ADMError)
-    net = net.eval().requires_grad_(False).to(device)
-    if flags.classifier_use_fp16 and device.type == 'cuda':  # guided-diffusion's convert_to_fp16, as autocast
-        wrapped = FastModule(net, autocast_dtype=torch.float16, device_type='cuda')
-        wrapped.num_classes, wrapped.img_resolution = net.num_classes, net.img_resolution
-        net = wrapped
-    guidance = ClassifierGuidance(net, scale=float(values['classifier_scale']), mode=values['guidance_mode'])
-    record = dict(classifier_path=_source(values['classifier_path']), classifier_flags=dict(flags),
-                  classifier_scale=guidance.scale, guidance_mode=guidance.mode)
-    return guidance, record
+    return dist.leader_first(lambda: guidance_lib.load_guidance(values['classifier_path'], flags, values['classifier_scale'],
+                                                                values['guidance_mode'], device), adm.ADMError)
 
 
 def run_sampling(values, guided=False):

@@ -19,11 +19,16 @@ and whenever lambda = 1.
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 import torch
 
+from networks import adm
+from networks import classifier as noisy_classifier
+
 from .denoisers import StepDependent, at_step
+from .fast import FastModule
 
 GUIDANCE_MODES = ('clean', 'adm-es')
 
@@ -99,3 +104,21 @@ def guided(denoiser, guidance):
         g = guidance.gradient(x_t, sigma.flatten(), class_labels)
         return condition_score(x_t, denoised, abar, g)
     return guided_denoiser
+
+
+def load_guidance(path_or_url, flags, scale=1.0, mode='clean', device='cpu'):
+    """(ClassifierGuidance, a JSON record of it) for a guided-diffusion classifier checkpoint and
+    its checked flags (networks.classifier.classifier_flags): read weights-only, on `device`, run
+    under fp16 autocast on CUDA when --classifier_use_fp16 (guided-diffusion's convert_to_fp16).
+    Raises networks.adm.ADMError (one line) for a file that does not fit the flags."""
+    device = torch.device(device)
+    net = noisy_classifier.load_classifier(path_or_url, flags).requires_grad_(False).to(device)
+    if flags.classifier_use_fp16 and device.type == 'cuda':
+        wrapped = FastModule(net, autocast_dtype=torch.float16, device_type='cuda')
+        wrapped.num_classes, wrapped.img_resolution = net.num_classes, net.img_resolution
+        net = wrapped
+    if mode not in GUIDANCE_MODES:
+        raise adm.ADMError(f'guidance mode must be one of {"|".join(GUIDANCE_MODES)}, not "{mode}"')
+    source = os.path.abspath(path_or_url) if os.path.exists(path_or_url) else path_or_url
+    record = dict(classifier_path=source, classifier_flags=dict(flags), classifier_scale=float(scale), guidance_mode=mode)
+    return ClassifierGuidance(net, scale=float(scale), mode=mode), record

@@ -153,14 +153,16 @@ def _all_ranks_sum(values, device):
     return total.tolist()
 
 
-def check_class(net, class_idx):
-    """Raise GenerateError unless class_idx is None or a class of the network."""
+def check_class(net, class_idx, label_dim=None):
+    """Raise GenerateError unless class_idx is None or a class of the network (of the
+    classifier, `label_dim` classes, when a guided sampler draws the labels)."""
     if class_idx is None:
         return
-    if not net.label_dim:
+    label_dim = net.label_dim if label_dim is None else label_dim
+    if not label_dim:
         raise GenerateError(f'--class={class_idx} given, but the network is unconditional')
-    if not 0 <= class_idx < net.label_dim:
-        raise GenerateError(f'--class={class_idx} is out of range: the network has classes 0-{net.label_dim - 1}')
+    if not 0 <= class_idx < label_dim:
+        raise GenerateError(f'--class={class_idx} is out of range: the network has classes 0-{label_dim - 1}')
 
 
 def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
@@ -175,9 +177,9 @@ def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=Fal
     PNGs missing is sampled whole, so resumed images are byte-identical.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
-    check_class(net, class_idx)
     if sampler is None:
         sampler = Sampler(net, options, device=device, fast=fast)
+    check_class(net, class_idx, sampler.label_dim)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     counts = dict(written=0, skipped=0)
     start = time.time()

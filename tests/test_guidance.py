@@ -433,3 +433,27 @@ def test_classifier_sample_refuses_a_model_with_other_classes(files, tmp_path):
     args[1] = tmp_path / 'four.pt'
     res = run(classifier_sample, *args)
     assert res.exit_code != 0 and 'the network has 4 classes, the classifier 1000' in res.output, res.output
+
+#----------------------------------------------------------------------------
+# generate.py
+
+
+def test_generate_guides_a_converted_adm_network(files, models, tmp_path):
+    import generate
+    import pickle
+    net = tiny_adm(MODEL)[0]
+    with open(tmp_path / 'net.pkl', 'wb') as f:
+        pickle.dump(dict(ema=net), f)
+    args = [f'--network={tmp_path / "net.pkl"}', '--seeds=0-1', '--solver=ddim', '--timestep_respacing=4',
+            f'--classifier={files / "classifier.pt"}', '--classifier_scale=100',
+            '--classifier-flags=--classifier_width 32 --classifier_depth 1 --classifier_attention_resolutions 8']
+    res = run(generate, *args, f'--outdir={tmp_path / "g"}')
+    assert res.exit_code == 0, res.output
+    images = np.stack([np.asarray(__import__('PIL.Image').Image.open(tmp_path / 'g' / f'{s:06d}.png')) for s in range(2)])
+    expected = reference_guided(models['uncond'], models['classifier'], 'ddim', '4', 100.0, [0, 1])
+    expected = (expected * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # EDM rounds
+    assert np.abs(images.astype(int) - expected).max() <= 1
+    res = run(generate, *args[:4], '--classifier_scale=2', f'--outdir={tmp_path / "h"}')
+    assert res.exit_code != 0 and 'need --classifier PATH' in res.output
+    res = run(generate, *args, f'--outdir={tmp_path / "g"}', '--classifier_scale=3')
+    assert res.exit_code != 0 and 'classifier_scale' in res.output  # resuming a folder made with another scale
