@@ -15,7 +15,6 @@ import tempfile
 import click
 
 from networks import adm
-from networks import classifier as noisy_classifier
 from samplers import Sampler, SamplerOptionError
 from samplers import guidance as guidance_lib
 from samplers.cli_options import SAMPLER_OPTIONS, options_from_cli, sampler_options  # noqa: F401
@@ -83,15 +82,8 @@ def _describe(fast):
 
 
 def _load_guidance(classifier, classifier_scale, classifier_flags, net, device):
-    """(ClassifierGuidance, its record) for --classifier, or (None, {})."""
-    if classifier is None:
-        if classifier_scale is not None or classifier_flags is not None:
-            raise GenerateError('--classifier_scale and --classifier-flags need --classifier PATH (a guided-diffusion classifier)')
-        return None, {}
     try:
-        flags = noisy_classifier.parse_classifier_flags(classifier_flags, net.img_resolution)
-        return dist.leader_first(lambda: guidance_lib.load_guidance(
-            classifier, flags, 1.0 if classifier_scale is None else classifier_scale, device=device), adm.ADMError)
+        return guidance_lib.guidance_from_options(classifier, classifier_scale, classifier_flags, net.img_resolution, device)
     except adm.ADMError as err:
         raise GenerateError(str(err)) from None
 
@@ -116,11 +108,11 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
         net = dist.leader_first(lambda: _load(network, device, allow_pickle_code), GenerateError)
-        guidance, guidance_record = _load_guidance(classifier, classifier_scale, classifier_flags, net, device)
+        guidance = _load_guidance(classifier, classifier_scale, classifier_flags, net, device)
         sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)  # every option checked against the network
         check_class(net, class_idx, sampler.label_dim)
         # Only now, with the network loaded and the options valid, is anything written.
-        record = dict(options_record(network, class_idx, options, fast), **guidance_record)
+        record = options_record(network, class_idx, options, fast, guidance)
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         steps = (f'respacing "{options.timestep_respacing}"' if options.discrete and options.respacing is not None
                  else f'{options.num_steps} steps')
@@ -163,9 +155,7 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
 @click.option('--channels-last', 'channels_last', help='Fast path: run the network in channels_last memory format', is_flag=True)
 @click.option('--autocast', help='Fast path: run the network under autocast (fp16: CUDA only)', metavar='none|fp16|bf16', type=click.Choice(['none', 'fp16', 'bf16']), default='none', show_default=True)
 @click.option('--compile', 'compile_backend', help='Fast path: torch.compile the network (default backend: inductor)', metavar='[BACKEND]', is_flag=False, flag_value='inductor', default=None)
-@click.option('--classifier', help='Classifier guidance: a guided-diffusion classifier .pt (ADM networks; docs/adm.md)', metavar='PATH|URL', type=str, default=None)
-@click.option('--classifier_scale', help='Guidance scale  [default: 1]', metavar='FLOAT', type=cli.FLOAT, default=None)
-@click.option('--classifier-flags', 'classifier_flags', help='The classifier\'s --classifier_* flags  [default: guided-diffusion\'s]', metavar='FLAGS', type=str, default=None)
+@guidance_lib.guidance_click_options
 @sampler_options()
 def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, allow_pickle_code, device,
          channels_last, autocast, compile_backend, classifier, classifier_scale, classifier_flags, **sampler_kwargs):

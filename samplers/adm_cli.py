@@ -126,7 +126,7 @@ def _source(path):
 
 
 def load_guidance(values, device):
-    """(ClassifierGuidance, its record) from classifier_sample.py's flags (leader first under torchrun)."""
+    """ClassifierGuidance from classifier_sample.py's flags (leader first under torchrun)."""
     flags = noisy_classifier.classifier_flags(values['image_size'], **{name: values[name] for name in
                                                                      noisy_classifier.CLASSIFIER_FLAGS})
     return dist.leader_first(lambda: guidance_lib.load_guidance(values['classifier_path'], flags, values['classifier_scale'],
@@ -151,12 +151,12 @@ def run_sampling(values, guided=False):
         net = dist.leader_first(lambda: adm.load_adm_checkpoint(values['model_path'], flags), adm.ADMError)
         net = net.eval().requires_grad_(False).to(device)
         check_network(net, options)
-        guidance, guidance_record = load_guidance(values, device) if guided else (None, {})
+        guidance = load_guidance(values, device) if guided else None
         check_guidance(net, guidance)
         os.makedirs(values['out_dir'], exist_ok=True)
         seeds = range(values['seed'], values['seed'] + values['num_samples'])
         record = dict(model_path=_source(values['model_path']), flags=dict(flags), **dataclasses.asdict(options),
-                      **fast.record(), **guidance_record)
+                      **fast.record(), **(guidance.record if guided else {}))
         what = f', classifier scale {guidance.scale:g}' if guided else ''
         dist.print0(f'Sampling {len(seeds)} images with {options.solver}, respacing "{options.timestep_respacing}"'
                     f'{", TS-DPM time shift" if values["do_time_shift"] else ""}{what} to "{values["out_dir"]}"')

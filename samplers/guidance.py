@@ -40,6 +40,7 @@ class ClassifierGuidance:
     timestep: Optional[object] = None   # sigma [N] -> the classifier's timesteps [N]; set by bind().
     mode: str = 'clean'                 # 'clean' or 'adm-es' (see the module docstring).
     eps_scalers: tuple = ()             # The epsilon scaler of each solver step ('adm-es' needs them).
+    record: Optional[dict] = None       # JSON description for options records (what decides the pixels).
 
     @property
     def num_classes(self):
@@ -107,7 +108,7 @@ def guided(denoiser, guidance):
 
 
 def load_guidance(path_or_url, flags, scale=1.0, mode='clean', device='cpu'):
-    """(ClassifierGuidance, a JSON record of it) for a guided-diffusion classifier checkpoint and
+    """ClassifierGuidance (with its JSON `record`) for a guided-diffusion classifier checkpoint and
     its checked flags (networks.classifier.classifier_flags): read weights-only, on `device`, run
     under fp16 autocast on CUDA when --classifier_use_fp16 (guided-diffusion's convert_to_fp16).
     Raises networks.adm.ADMError (one line) for a file that does not fit the flags."""
@@ -121,4 +122,32 @@ def load_guidance(path_or_url, flags, scale=1.0, mode='clean', device='cpu'):
         raise adm.ADMError(f'guidance mode must be one of {"|".join(GUIDANCE_MODES)}, not "{mode}"')
     source = os.path.abspath(path_or_url) if os.path.exists(path_or_url) else path_or_url
     record = dict(classifier_path=source, classifier_flags=dict(flags), classifier_scale=float(scale), guidance_mode=mode)
-    return ClassifierGuidance(net, scale=float(scale), mode=mode), record
+    return ClassifierGuidance(net, scale=float(scale), mode=mode, record=record)
+
+
+def guidance_from_options(classifier, classifier_scale, classifier_flags, image_size, device='cpu'):
+    """ClassifierGuidance of generate.py's and exposure.py's --classifier PATH, --classifier_scale
+    S (None: 1) and --classifier-flags TEXT for a network of `image_size`, or None without
+    --classifier; networks.adm.ADMError (one line) for what cannot be used. Rank 0 reads first."""
+    from torch_utils import distributed as dist  # pylint: disable=import-outside-toplevel
+    if classifier is None:
+        if classifier_scale is not None or classifier_flags is not None:
+            raise adm.ADMError('--classifier_scale and --classifier-flags need --classifier PATH (a guided-diffusion classifier)')
+        return None
+    flags = noisy_classifier.parse_classifier_flags(classifier_flags, image_size)
+    scale = 1.0 if classifier_scale is None else classifier_scale
+    return dist.leader_first(lambda: load_guidance(classifier, flags, scale, device=device), adm.ADMError)
+
+
+def guidance_click_options(fn):
+    """generate.py's and exposure.py's classifier-guidance options (click)."""
+    import click  # pylint: disable=import-outside-toplevel
+    from torch_utils import cli  # pylint: disable=import-outside-toplevel
+    options = [
+        click.option('--classifier', help='Classifier guidance: a guided-diffusion classifier .pt (ADM networks; docs/adm.md)', metavar='PATH|URL', type=str, default=None),
+        click.option('--classifier_scale', help='Guidance scale  [default: 1]', metavar='FLOAT', type=cli.FLOAT, default=None),
+        click.option('--classifier-flags', 'classifier_flags', help='The classifier\'s --classifier_* flags  [default: guided-diffusion\'s]', metavar='FLAGS', type=str, default=None),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

@@ -87,12 +87,14 @@ def split_batches(seeds, max_batch_size):
 # Resuming: a record of the options next to the images.
 
 
-def options_record(network, class_idx, options, fast=FastPaths()):
+def options_record(network, class_idx, options, fast=FastPaths(), guidance=None):
     """What decides the pixels of an image besides its seed. Fast paths that may move pixels
-    are listed only when on, so records written before they existed still match."""
+    are listed only when on (and classifier guidance only when given), so records written
+    before they existed still match."""
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
-    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
+    extra = guidance.record or {} if guidance is not None else {}
+    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record(), **extra)
 
 
 def check_options_record(outdir, record, existing):
@@ -166,11 +168,13 @@ def check_class(net, class_idx, label_dim=None):
 
 
 def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
-                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None):
+                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None,
+                    guidance=None):
     """Sample one PNG per seed into `outdir` with this process's share of the batches;
     return GenerateStats. With `resume`, seeds whose PNG exists complete are not generated
     again. `fast` selects inference fast paths (samplers.fast; the default changes no pixel);
-    `sampler`, if given, is a Sampler already built for `net` with these options.
+    `sampler`, if given, is a Sampler already built for `net` with these options (else one is
+    built, with classifier `guidance` if given).
 
     Batches are cut from the full seed list and dealt to the torchrun processes in turn, and
     each process walks its share lazily (a billion seeds start at once); a batch with some
@@ -178,7 +182,7 @@ def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=Fal
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     if sampler is None:
-        sampler = Sampler(net, options, device=device, fast=fast)
+        sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)
     check_class(net, class_idx, sampler.label_dim)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     counts = dict(written=0, skipped=0)

@@ -457,3 +457,42 @@ def test_generate_guides_a_converted_adm_network(files, models, tmp_path):
     assert res.exit_code != 0 and 'need --classifier PATH' in res.output
     res = run(generate, *args, f'--outdir={tmp_path / "g"}', '--classifier_scale=3')
     assert res.exit_code != 0 and 'classifier_scale' in res.output  # resuming a folder made with another scale
+
+
+def test_exposure_sweep_takes_guidance_options_and_refuses_a_scale_alone(tmp_path):
+    import exposure
+    res = CliRunner().invoke(exposure.main, ['sweep', '--outdir', str(tmp_path / 's'), '--ref', str(tmp_path / 'r.npz'),
+                                             '--classifier_scale', '2', '--seeds', '0-1'])
+    assert res.exit_code != 0 and 'need --classifier PATH' in res.output and 'Traceback' not in res.output, res.output
+
+#----------------------------------------------------------------------------
+# The published commands parse verbatim; the bench runs.
+
+
+def test_adm_es_imagenet128_command_parses_verbatim():
+    command = ('--image_size 128 --timestep_respacing 100 --eps_scaler 1.004 --model_path MODEL_PATH '
+               '--classifier_path CLASSIFIER_PATH --classifier_scale 0.5 --class_cond True '
+               '--use_fp16 True --num_channels 256 --num_heads 4 --num_res_blocks 2 '
+               '--attention_resolutions 32,16,8 --resblock_updown True '
+               '--learn_sigma True --diffusion_steps 1000 --noise_schedule linear --use_scale_shift_norm True '
+               '--batch_size 100 --num_samples 50000')
+    values = classifier_sample.main.make_context('classifier_sample.py', command.split()).params
+    assert values['classifier_scale'] == 0.5 and values['guidance_mode'] == 'adm-es' and values['eps_scaler'] == 1.004
+    flags = noisy.classifier_flags(128, **{k: values[k] for k in noisy.CLASSIFIER_FLAGS})
+    assert flags == published_flags('imagenet-128')
+    flags = adm.make_flags(**{k: values[k] for k in [*adm.MODEL_FLAGS, *adm.DIFFUSION_FLAGS]})
+    assert flags.timestep_respacing == '100'
+    assert dict(flags, timestep_respacing='') == adm.parse_adm_flags(preset='imagenet-128')
+
+
+def test_bench_guidance_prints_its_figures():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench', 'bench_guidance.py')
+    spec = importlib.util.spec_from_file_location('bench_guidance', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = CliRunner().invoke(module.main, ['--batch', '1', '--steps', '2', '--repeat', '1', '--device', 'cpu'],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    figures = [float(v) for v in res.output.strip().splitlines()[-1].split()]
+    assert len(figures) == 7 and all(v > 0 for v in figures[:6])
