@@ -26,8 +26,8 @@ def refuse_guidance_flags(values):
     """JobError (one line) for a classifier flag given to image_sample.py."""
     given = [name for name in GUIDANCE_ONLY if values.get(name) is not None]
     if given:
-        raise JobError(f'image_sample.py does not guide: --{given[0]} {values[given[0]]} belongs to classifier_sample.py '
-                       '(the same flags plus --classifier_path, --classifier_scale and the --classifier_* architecture)')
+        raise JobError(f'--{given[0]} {values[given[0]]}: image_sample.py does not guide (it would write unguided samples); '
+                       'use classifier_sample.py, which takes these flags plus --classifier_path and --classifier_scale')
 
 
 def run(values):
