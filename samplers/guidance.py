@@ -22,10 +22,13 @@ import dataclasses
 import os
 from typing import Optional
 
+import click
 import torch
 
 from networks import adm
 from networks import classifier as noisy_classifier
+from torch_utils import cli
+from torch_utils import distributed as dist
 
 from .denoisers import StepDependent, at_step
 from .fast import FastModule
@@ -129,7 +132,6 @@ def guidance_from_options(classifier, classifier_scale, classifier_flags, image_
     """ClassifierGuidance of generate.py's and exposure.py's --classifier PATH, --classifier_scale
     S (None: 1) and --classifier-flags TEXT for a network of `image_size`, or None without
     --classifier; networks.adm.ADMError (one line) for what cannot be used. Rank 0 reads first."""
-    from torch_utils import distributed as dist  # pylint: disable=import-outside-toplevel
     if classifier is None:
         if classifier_scale is not None or classifier_flags is not None:
             raise adm.ADMError('--classifier_scale and --classifier-flags need --classifier PATH (a guided-diffusion classifier)')
@@ -141,8 +143,6 @@ def guidance_from_options(classifier, classifier_scale, classifier_flags, image_
 
 def guidance_click_options(fn):
     """generate.py's and exposure.py's classifier-guidance options (click)."""
-    import click  # pylint: disable=import-outside-toplevel
-    from torch_utils import cli  # pylint: disable=import-outside-toplevel
     options = [
         click.option('--classifier', help='Classifier guidance: a guided-diffusion classifier .pt (ADM networks; docs/adm.md)', metavar='PATH|URL', type=str, default=None),
         click.option('--classifier_scale', help='Guidance scale  [default: 1]', metavar='FLOAT', type=cli.FLOAT, default=None),
