@@ -496,3 +496,15 @@ def test_bench_guidance_prints_its_figures():
     assert res.exit_code == 0, res.output
     figures = [float(v) for v in res.output.strip().splitlines()[-1].split()]
     assert len(figures) == 7 and all(v > 0 for v in figures[:6])
+
+
+def test_classifier_sample_composes_with_tsdpm_time_shift_and_few_step_solvers(files, tmp_path):
+    outputs = {}
+    for name, extra in (('ddim', ['--use_ddim', 'True']),
+                        ('ts', ['--use_ddim', 'True', '--do_time_shift', 'True', '--window', '40', '--cutoff', '10']),
+                        ('dpmpp2m', ['--solver', 'dpmpp2m'])):
+        res = run(classifier_sample, *guided_args(files, 'uncond', tmp_path / name, '--num_samples', '2', *extra))
+        assert res.exit_code == 0, res.output
+        with np.load(tmp_path / name / 'samples_2x32x32x3.npz') as data:
+            outputs[name] = data['arr_0']
+    assert (outputs['ts'] != outputs['ddim']).any() and (outputs['dpmpp2m'] != outputs['ddim']).any()
