@@ -260,6 +260,8 @@ class Sampler:
 
     def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
         """Images [N, C, H, W] float64, roughly in [-1, 1]."""
+        if self.guidance is not None and class_labels is None:
+            raise SamplerOptionError('classifier guidance needs class labels (one-hot, the classifier\'s classes) to guide towards')
         # Guidance differentiates the classifier, which inference_mode would forbid.
         with self.fast.grad_mode() if self.guidance is None else torch.no_grad():
             if self.options.discrete:
