@@ -18,7 +18,9 @@ from analysis.search import format_search, run_search
 from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_slopes, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
+from networks import adm
 from samplers import SamplerOptionError, cli_options, jobs
+from samplers import guidance as guidance_lib
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
@@ -209,9 +211,11 @@ def calibrate_cmd(norms_path, linear, fit, min_sigma, json_path):
 @click.option('--keep-images', help='Keep the PNGs of finished points (default: delete them once scored)', is_flag=True)
 @click.option('--workers', 'num_workers', help='Image-loading processes per rank for the feature pass', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--search', help='Find the best b among the --eps_scaler values by golden-section search instead of scoring them all', is_flag=True)
+@guidance_lib.guidance_click_options
 @click.option('--search-images', 'start_images', help='Images per point when --search starts (doubled while two points are within the noise)  [default: 1/8 of the seeds]', metavar='INT', type=click.IntRange(min=2), default=None)
 def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, outdir, ref_path, detector_url, score_name,
-          scalers, slopes, ts_text, replicates, keep_images, num_workers, search, start_images, **sampler_kwargs):
+          scalers, slopes, ts_text, replicates, keep_images, num_workers, search, start_images, classifier,
+          classifier_scale, classifier_flags, **sampler_kwargs):
     """Sample quality over a grid of --eps_scaler and --eps_scaler_k values and time-shift settings.
 
     With --search, the grid is searched for its best b (one --ts setting, one k), scoring a few of its
@@ -227,19 +231,24 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         if search and (len(parse_ts(ts_text)) != 1 or len(parse_slopes(slopes)) != 1 or keep_images):
             raise ExposureError('--search takes one --ts setting, one --eps_scaler_k and no --keep-images')
         label, net = _load_network(network, device, allow_pickle_code)
+        try:
+            guidance = guidance_lib.guidance_from_options(classifier, classifier_scale, classifier_flags,
+                                                          net.img_resolution, device)
+        except adm.ADMError as err:
+            raise ExposureError(str(err)) from None
         if search:
             doc = run_search(net, label, seed_list, outdir, parse_scalers(scalers), ref_path, ts=parse_ts(ts_text)[0],
                              eps_scaler_k=parse_slopes(slopes)[0], base=base,
                              detector_url=detector_url, class_idx=class_idx, max_batch_size=max_batch_size, device=device,
                              replicates=replicates, num_workers=num_workers, start_images=start_images, score_name=name,
-                             log=dist.print0, allow_pickle_code=allow_pickle_code)
+                             log=dist.print0, allow_pickle_code=allow_pickle_code, guidance=guidance)
             dist.print0(format_search(doc))
             dist.print0(f'Wrote {os.path.join(outdir, "search.json")}')
             return
         rows = run_sweep(net, label, seed_list, outdir, points, ref_path, base=base, detector_url=detector_url,
                          class_idx=class_idx, max_batch_size=max_batch_size, device=device, replicates=replicates,
                          num_workers=num_workers, keep_images=keep_images, score_name=name, log=dist.print0,
-                         allow_pickle_code=allow_pickle_code)
+                         allow_pickle_code=allow_pickle_code, guidance=guidance)
         dist.print0(format_sweep(rows, name))
         dist.print0(f'Wrote {os.path.join(outdir, "sweep.csv")}, sweep.json and sweep.png')
     _cli(work, distributed=True, device=device)

@@ -14,7 +14,9 @@ import tempfile
 
 import click
 
+from networks import adm
 from samplers import Sampler, SamplerOptionError
+from samplers import guidance as guidance_lib
 from samplers.cli_options import SAMPLER_OPTIONS, options_from_cli, sampler_options  # noqa: F401
 from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
@@ -80,8 +82,16 @@ def _describe(fast):
     return ', '.join(on)
 
 
+def _load_guidance(classifier, classifier_scale, classifier_flags, net, device):
+    try:
+        return guidance_lib.guidance_from_options(classifier, classifier_scale, classifier_flags, net.img_resolution, device)
+    except adm.ADMError as err:
+        raise GenerateError(str(err)) from None
+
+
 def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_batch_size=64, device=None,
-        resume=True, grid=None, allow_pickle_code=None, fast=FastPaths()):
+        resume=True, grid=None, allow_pickle_code=None, fast=FastPaths(), classifier=None, classifier_scale=None,
+        classifier_flags=None):
     """The command line's work inside a torchrun process group (or a single process)."""
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
@@ -102,10 +112,11 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         _on_rank0(lambda: _check_outdir(outdir))
         # Rank 0 loads first (and fills the download cache), then the others.
         net = dist.leader_first(lambda: _load(network, device, allow_pickle_code), GenerateError)
-        check_class(net, class_idx)
-        sampler = Sampler(net, options, device=device, fast=fast)  # every option checked against the network
+        guidance = _load_guidance(classifier, classifier_scale, classifier_flags, net, device)
+        sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)  # every option checked against the network
+        check_class(net, class_idx, sampler.label_dim)
         # Only now, with the network loaded and the options valid, is anything written.
-        record = options_record(network, class_idx, options, fast)
+        record = options_record(network, class_idx, options, fast, guidance)
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         steps = (f'respacing "{options.timestep_respacing}"' if options.discrete and options.respacing is not None
                  else f'{options.num_steps} steps')
@@ -148,9 +159,10 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
 @click.option('--channels-last', 'channels_last', help='Fast path: run the network in channels_last memory format', is_flag=True)
 @click.option('--autocast', help='Fast path: run the network under autocast (fp16: CUDA only)', metavar='none|fp16|bf16', type=click.Choice(['none', 'fp16', 'bf16']), default='none', show_default=True)
 @click.option('--compile', 'compile_backend', help='Fast path: torch.compile the network (default backend: inductor)', metavar='[BACKEND]', is_flag=False, flag_value='inductor', default=None)
+@guidance_lib.guidance_click_options
 @sampler_options()
 def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, grid, allow_pickle_code, device,
-         channels_last, autocast, compile_backend, **sampler_kwargs):
+         channels_last, autocast, compile_backend, classifier, classifier_scale, classifier_flags, **sampler_kwargs):
     """Generate images using the samplers of "Elucidating the Design Space of Diffusion-Based
     Generative Models" (EDM), with epsilon scaling and time shift against exposure bias.
 
@@ -193,7 +205,8 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
         options = options_from_cli(sampler_kwargs)
         fast = FastPaths(channels_last=channels_last, autocast=autocast, compile=compile_backend)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast)
+            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast,
+            classifier=classifier, classifier_scale=classifier_scale, classifier_flags=classifier_flags)
     except (GenerateError, SamplerOptionError, FastPathError, TimeShiftError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line

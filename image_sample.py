@@ -6,98 +6,28 @@ run as they are: the model and diffusion flags, their defaults and value syntax 
 True/False) are guided-diffusion's. The `.pt` checkpoint is read with weights_only=True.
 Sample i uses seed `--seed` + i (generate.py's image of that seed); the result is
 guided-diffusion's `samples_NxHxWxC.npz` in `--out_dir`, written only when complete; a killed
-run resumes where it stopped. docs/adm.md has the published commands.
+run resumes where it stopped. docs/adm.md has the published commands. The classifier flags
+(--classifier_scale, --classifier_path, ...) are refused with a line pointing to
+classifier_sample.py, which guides; training flags (--lr, --data_dir, ...) are accepted and ignored.
 """
-
-import dataclasses
-import os
 
 import click
 
-from samplers import SOLVERS, SamplerOptionError, SamplerOptions
-from samplers.fast import FastPathError, FastPaths
-from samplers.jobs import JobError, sample_to_npz
-from samplers.sampler import check_network
-from samplers.time_shift import TimeShiftError
-from torch_utils import cli
-from torch_utils import distributed as dist
-from torch_utils import threads
-from networks import adm
+from networks import classifier as noisy_classifier
+from samplers import adm_cli
+from samplers.jobs import JobError
+
+# classifier_sample.py's flags: guided-diffusion's image_sample.py has none of them, and taking
+# them here without guiding would write unguided samples under a guided command.
+GUIDANCE_ONLY = ('classifier_path', 'classifier_scale', *noisy_classifier.CLASSIFIER_FLAGS, 'guidance_mode')
 
 
-BOOL = cli.GUIDED_BOOL
-# image_sample.py's own flags (guided-diffusion's, the forks', and this toolkit's --seed and --eta).
-SAMPLING_FLAGS = dict(
-    model_path=(None, 'Checkpoint (.pt state dict) to sample'),
-    use_ddim=(False, 'DDIM instead of DDPM'),
-    clip_denoised=(True, 'Clamp the predicted x0 to [-1, 1]'),
-    num_samples=(10000, 'Number of images'),
-    batch_size=(16, 'Maximum batch size (the images do not depend on it)'),
-    eta=(0.0, 'DDIM: noise of each step'),
-    eps_scaler=(1.0, 'ADM-ES epsilon scaling b (ADM-ES\'s default 0 would divide by zero)'),
-    eps_scaler_k=(0.0, 'ADM-ES linear form: lambda = b + k j at respaced index j (0 = last step)'),
-    do_time_shift=(False, 'TS-DPM-ADM\'s time shift (DDIM only)'),
-    window=(2, 'TS-DPM: window, full width in timesteps'),
-    cutoff=(300, 'TS-DPM: shift only while the timestep exceeds this'),
-    out_dir=('.', 'Folder for the samples file'),
-    seed=(0, 'Sample i uses seed SEED + i'),
-    num_classes=(None, 'Class count of a conditional model  [default: the checkpoint\'s]'),
-    device=(None, 'Torch device  [default: this rank\'s GPU, else cpu]'),
-    resume=(True, 'Reuse the finished batches of a killed run with the same options'),
-    solver=(None, 'Another solver over the same respaced timesteps (dpmpp2m, deis, ...; docs/solvers.md)  [default: ddpm/ddim]'),
-    order=(None, 'Order of --solver dpmsolver|dpmsolver-ref|deis  [default: 3]'),
-)
-HIDDEN_FLAGS = ('gpu_id', 'data_type', 'model_type', 'data_dir', 'classifier_path', 'classifier_scale', 'lr',
-                'microbatch', 'ema_rate', 'log_interval', 'save_interval', 'resume_checkpoint', 'schedule_sampler',
-                'weight_decay', 'lr_anneal_steps', 'fp16_scale_growth', 'input_pertub', 'perturb_schedule_type',
-                'perturb_cutoff')
-
-
-# Types of the flags whose guided-diffusion type (that of the default) is too loose.
-TYPES = dict(solver=click.Choice([*SOLVERS, 'ddpm', 'ddim']), order=click.IntRange(min=1, max=3), model_path=str, num_classes=click.IntRange(min=1), device=cli.DEVICE, seed=click.IntRange(min=0),
-             num_samples=click.IntRange(min=1), batch_size=click.IntRange(min=1, max=cli.MAX_BATCH))
-
-
-def _option(name, default, text, hidden=False):
-    kind = cli.guided_flag_type(name, default, TYPES)
-    if name == 'model_path':
-        return click.option(f'--{name}', type=kind, required=True, metavar='PATH|URL', help=text)
-    return click.option(f'--{name}', type=kind, default=default, show_default=default is not None, help=text,
-                        hidden=hidden)
-
-
-def adm_flag_options(fn):
-    """The model and diffusion flags of networks/adm.py, then the sampling flags, as click options."""
-    options = [_option(name, default, 'ADM model flag') for name, default in adm.MODEL_FLAGS.items()]
-    options += [_option(name, default, 'ADM diffusion flag') for name, default in adm.DIFFUSION_FLAGS.items()]
-    options += [_option(name, default, text) for name, (default, text) in SAMPLING_FLAGS.items()]
-    options += [_option(name, None, 'ignored', hidden=True) for name in HIDDEN_FLAGS]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def sampler_options(values):
-    """SamplerOptions of the guided-diffusion sampling flags."""
-    solver = values['solver'] or ('ddim' if values['use_ddim'] else 'ddpm')
-    if values['do_time_shift'] and solver != 'ddim':
-        # Answered in this command's own flags (SamplerOptions would name generate.py's --ts_mode).
-        used = f'--solver {solver}' if values['solver'] else 'DDPM (no --use_ddim True)'
-        raise JobError(f'--do_time_shift True is TS-DPM-ADM\'s time shift for DDIM: add --use_ddim True, or drop '
-                       f'--do_time_shift for {used} (TS-DPM-ADM\'s own DDPM ignores it)')
-    discrete_only = dict(eta=values['eta'], clip_denoised=values['clip_denoised']) if solver in ('ddpm', 'ddim') else {}
-    return SamplerOptions(solver=solver, order=values['order'], respacing=values['timestep_respacing'], **discrete_only,
-                          eps_scaler=values['eps_scaler'],
-                          eps_scaler_k=values['eps_scaler_k'], ts_mode='tsdpm' if values['do_time_shift'] else 'clean',
-                          ts_window=values['window'] if values['do_time_shift'] else 0,
-                          ts_cutoff=values['cutoff'] if values['do_time_shift'] else SamplerOptions.ts_cutoff)
-
-
-def tsdpm_1gpu_name(values):
-    """The file name TS-DPM-ADM's scripts/image_sample_1gpu.py gives its samples (its defaults:
-    --model_type adm, --data_type cifar)."""
-    stem = f'{values["model_type"] or "adm"}_{values["data_type"] or "cifar"}_{values["timestep_respacing"]}step'
-    return stem + (f'_{values["window"]}win_{values["cutoff"]}cut' if values['do_time_shift'] else '') + '.npz'
+def refuse_guidance_flags(values):
+    """JobError (one line) for a classifier flag given to image_sample.py."""
+    given = [name for name in GUIDANCE_ONLY if values.get(name) is not None]
+    if given:
+        raise JobError(f'--{given[0]} {values[given[0]]}: image_sample.py does not guide (it would write unguided samples); '
+                       'use classifier_sample.py, which takes these flags plus --classifier_path and --classifier_scale')
 
 
 def run(values, name=None):
@@ -105,36 +35,20 @@ def run(values, name=None):
 
     name: the samples file's name in --out_dir  [default: guided-diffusion's samples_NxHxWxC.npz].
     """
-    flags = adm.make_flags(**{name: values[name] for name in [*adm.MODEL_FLAGS, *adm.DIFFUSION_FLAGS, 'num_classes']})
-    options = sampler_options(values)
-    options.check()
-    if values['seed'] + values['num_samples'] > 1 << 32:
-        raise JobError(f'seeds {values["seed"]}..{values["seed"] + values["num_samples"] - 1} must lie in [0, 2^32)')
-    device = dist.init(values['device'])
-    threads.set_cpu_threads(device, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
-    try:
-        # fp16 checkpoints run in float32 on the CPU and under fp16 autocast on a GPU (docs/adm.md).
-        fast = FastPaths(autocast='fp16' if flags.use_fp16 and device.type == 'cuda' else 'none')
-        net = dist.leader_first(lambda: adm.load_adm_checkpoint(values['model_path'], flags), adm.ADMError)
-        net = net.eval().requires_grad_(False).to(device)
-        check_network(net, options)
-        os.makedirs(values['out_dir'], exist_ok=True)
-        seeds = range(values['seed'], values['seed'] + values['num_samples'])
-        record = dict(model_path=os.path.abspath(values['model_path']) if os.path.exists(values['model_path']) else values['model_path'],
-                      flags=dict(flags), **dataclasses.asdict(options), **fast.record())
-        dist.print0(f'Sampling {len(seeds)} images with {options.solver}, respacing "{options.timestep_respacing}"'
-                    f'{", TS-DPM time shift" if values["do_time_shift"] else ""} to "{values["out_dir"]}"')
-        stats = sample_to_npz(net, seeds, values['out_dir'], options, record=record, max_batch_size=values['batch_size'],
-                              device=device, fast=fast, resume=values['resume'], name=name)
-        dist.print0(f'Wrote {stats.path} ({stats.num_written} images sampled, {stats.num_resumed} resumed, '
-                    f'{stats.seconds:.1f} s)')
-        return stats
-    finally:
-        dist.shutdown()
+    refuse_guidance_flags(values)
+    return adm_cli.run_sampling(values, name=name)
+
+
+def cli_main(values, name=None):
+    """run() with every expected failure as one error line."""
+    adm_cli.run_command(lambda v: run(v, name), values)
+
+
+tsdpm_1gpu_name = adm_cli.tsdpm_1gpu_name
 
 
 @click.command(context_settings=dict(max_content_width=120))
-@adm_flag_options
+@adm_cli.adm_flag_options(refused=GUIDANCE_ONLY)
 def main(**values):
     """Sample a guided-diffusion checkpoint to samples_NxHxWxC.npz, with guided-diffusion's flags.
 
@@ -157,20 +71,6 @@ def main(**values):
         --batch_size 512 --num_samples 50000 --out_dir OUT
     """
     cli_main(values)
-
-
-def cli_main(values, name=None):
-    """run() with every expected failure as one error line."""
-    try:
-        run(values, name)
-    except (adm.ADMError, SamplerOptionError, FastPathError, TimeShiftError, JobError, dist.DeviceError) as err:
-        if os.environ.get('RANK', '0') != '0':
-            raise SystemExit(1)
-        raise click.ClickException(str(err)) from None
-    except OSError as err:
-        if os.environ.get('RANK', '0') != '0':
-            raise SystemExit(1)
-        raise click.ClickException(cli.os_error_message(err)) from None
 
 
 if __name__ == '__main__':

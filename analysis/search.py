@@ -146,13 +146,14 @@ class FolderScorer:
     """
 
     def __init__(self, net, network, seeds, outdir, base, ts, ref, detector, *, eps_scaler_k=0.0, class_idx=None,
-                 max_batch_size=64, device=None, num_workers=0, replicates=200, progress=False, log=print):
+                 max_batch_size=64, device=None, num_workers=0, replicates=200, progress=False, log=print, guidance=None):
         self.net, self.network, self.seeds, self.outdir, self.base, self.ts = net, network, list(seeds), outdir, base, ts
         self.eps_scaler_k = eps_scaler_k
         self.ref, self.detector, self.replicates, self.log = ref, detector, replicates, log
         self.kwargs = dict(class_idx=class_idx, max_batch_size=max_batch_size, device=device, num_workers=num_workers,
                            progress=progress)
         self.features_of, self.spent, self.used = {}, 0, {}
+        self.guidance = guidance
 
     def point(self, b):
         return GridPoint(b, *self.ts, eps_scaler_k=self.eps_scaler_k)
@@ -194,7 +195,7 @@ class FolderScorer:
         folder = self._folder(point)
         images = os.path.join(folder, 'images')
         options = point.options(self.base)
-        record = jobs.options_record(self.network, self.kwargs['class_idx'], options)
+        record = jobs.options_record(self.network, self.kwargs['class_idx'], options, guidance=self.guidance)
         wanted = {os.path.basename(jobs.image_path(images, seed)) for seed in chunk}
 
         def prepare():
@@ -207,7 +208,7 @@ class FolderScorer:
         dist.run_on_rank0(prepare, jobs.GenerateError)
         stats = jobs.generate_images(self.net, chunk, images, options, class_idx=self.kwargs['class_idx'],
                                          max_batch_size=self.kwargs['max_batch_size'], device=self.kwargs['device'],
-                                         progress=self.kwargs['progress'])
+                                         progress=self.kwargs['progress'], guidance=self.guidance)
         self.spent += stats.num_written
         dataset = open_images(images)
         if len(dataset) != len(chunk):
@@ -244,7 +245,7 @@ class FolderScorer:
 def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, SamplerOptions.ts_cutoff), eps_scaler_k=0.0,
                base=SamplerOptions(), detector_url=INCEPTION_URL, class_idx=None, max_batch_size=64, device=None,
                replicates=200, num_workers=0, start_images=None, progress=True, score_name='FD', log=print,
-               allow_pickle_code=None):
+               allow_pickle_code=None, guidance=None):
     """Golden-section search for the best b among `scalers` with time-shift setting `ts`
     ((window, cutoff) or (window, cutoff, mode), as parse_ts() gives) and slope `eps_scaler_k`,
     in a sweep folder shared with run_sweep(); then b = 1 (same setting and k) on as many images
@@ -264,13 +265,14 @@ def run_search(net, network, seeds, outdir, scalers, ref_path, *, ts=(0, Sampler
         check_network(net, GridPoint(b, *ts, eps_scaler_k=eps_scaler_k).options(base))
     setting = GridPoint(1.0, *ts, eps_scaler_k=eps_scaler_k)
     ref, detector, record = open_sweep(net, network, seeds, outdir, ref_path, base=base, detector_url=detector_url,
-                                       class_idx=class_idx, device=device, allow_pickle_code=allow_pickle_code)
+                                       class_idx=class_idx, device=device, allow_pickle_code=allow_pickle_code,
+                                       guidance=guidance)
     slope = f', k={eps_scaler_k:g}' if eps_scaler_k else ''
     log(f'Search for the best b among {len(values)} values from {values[0]:g} to {values[-1]:g}{slope}, {setting.ts_label}, '
         f'{start_images} to {len(seeds)} images per point, {describe_sampler(base)} into "{outdir}"')
     scorer = FolderScorer(net, network, seeds, outdir, base, ts, ref, detector, eps_scaler_k=eps_scaler_k,
                           class_idx=class_idx, max_batch_size=max_batch_size, device=device, num_workers=num_workers,
-                          replicates=replicates, progress=progress, log=log)
+                          replicates=replicates, progress=progress, log=log, guidance=guidance)
     result = golden_section_search(values, scorer, start_images=start_images, max_images=len(seeds))
     n = result.num_images
     log(f'  b=1 (the difference\'s baseline) on {n} images')

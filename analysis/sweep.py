@@ -147,13 +147,14 @@ def grid_points(scalers, ts_settings, slopes=(0.0,)):
     return [GridPoint(b, *ts, eps_scaler_k=k) for ts in ts_settings for k in slopes for b in scalers]
 
 
-def _sweep_record(network, seeds, class_idx, base, ref_path, detector_url):
+def _sweep_record(network, seeds, class_idx, base, ref_path, detector_url, guidance=None):
     """What every point of a sweep folder shares; the grid itself may grow between runs."""
     opts = {k: v for k, v in dataclasses.asdict(base).items() if k not in POINT_OPTIONS}
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
+    extra = dict(guidance=guidance.record) if guidance is not None else {}
     return json.loads(json.dumps(dict(network=network, seeds=list(seeds), class_idx=class_idx, options=opts,
-                                      ref=ref_path, detector=detector_url)))
+                                      ref=ref_path, detector=detector_url, **extra)))
 
 
 def _check_sweep_record(outdir, record):
@@ -216,13 +217,13 @@ def finished_points(outdir):
     return [item[0] for item in found], [item[1] for item in found], [item[2] for item in found]
 
 
-def _score_point(net, network, seeds, outdir, point, base, ref, detector, *, class_idx, max_batch_size, device,
+def _score_point(net, network, seeds, outdir, point, base, ref, detector, *, class_idx, max_batch_size, device, guidance,
                  num_workers, keep_images, progress):
     """Generate the point's images (resuming), score them, and write result.json + features.npy."""
     folder = _point_dir(outdir, point)
     images = os.path.join(folder, 'images')
     options = point.options(base)
-    record = jobs.options_record(network, class_idx, options)
+    record = jobs.options_record(network, class_idx, options, guidance=guidance)
 
     def prepare():
         os.makedirs(images, exist_ok=True)
@@ -232,7 +233,7 @@ def _score_point(net, network, seeds, outdir, point, base, ref, detector, *, cla
     dist.run_on_rank0(prepare, jobs.GenerateError)
     t0 = time.time()
     jobs.generate_images(net, seeds, images, options, class_idx=class_idx, max_batch_size=max_batch_size,
-                             device=device, progress=progress)
+                             device=device, progress=progress, guidance=guidance)
     seconds_generate = time.time() - t0
     dataset = open_images(images)
     if len(dataset) != len(seeds):
@@ -298,32 +299,34 @@ def sweep_table(points, results, features, ref, replicates=200):
     return rows
 
 
-def open_sweep(net, network, seeds, outdir, ref_path, *, base, detector_url, class_idx, device, allow_pickle_code=None):
+def open_sweep(net, network, seeds, outdir, ref_path, *, base, detector_url, class_idx, device, allow_pickle_code=None,
+               guidance=None):
     """(reference statistics, detector, the folder's record) of a sweep, after checking the class and the
     folder's record (shared by run_sweep and run_search); `allow_pickle_code` is passed to the
     detector loader (None: the EDMKIT_ALLOW_PICKLE_CODE variable decides)."""
-    jobs.check_class(net, class_idx)
+    jobs.check_class(net, class_idx, guidance.num_classes if guidance is not None else None)
     ref = dist.leader_first(lambda: load_reference(ref_path), MetricError)
     detector = dist.leader_first(lambda: load_detector(detector_url, device=device, allow_pickle_code=allow_pickle_code),
                                  MetricError)
-    record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url)
+    record = _sweep_record(network, seeds, class_idx, base, ref_path, detector_url, guidance)
     dist.run_on_rank0(lambda: _check_sweep_record(outdir, record), ExposureError)
     return ref, detector, record
 
 
 def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOptions(), detector_url=INCEPTION_URL,
               class_idx=None, max_batch_size=64, device=None, replicates=200, num_workers=0, keep_images=False,
-              progress=True, score_name='FD', log=print, allow_pickle_code=None):
+              progress=True, score_name='FD', log=print, allow_pickle_code=None, guidance=None):
     """Score every grid point (skipping finished ones) and write sweep.json, sweep.csv and
     sweep.png in outdir (rank 0) for all finished points of the folder. Returns the table rows
-    on every rank."""
+    on every rank. `guidance` (samplers.guidance.ClassifierGuidance) guides every point."""
     device = torch.device('cpu') if device is None else torch.device(device)
     if not points:
         raise ExposureError('the grid is empty')
     for point in points:
         check_network(net, point.options(base))
     ref, detector, record = open_sweep(net, network, seeds, outdir, ref_path, base=base, detector_url=detector_url,
-                                       class_idx=class_idx, device=device, allow_pickle_code=allow_pickle_code)
+                                       class_idx=class_idx, device=device, allow_pickle_code=allow_pickle_code,
+                                       guidance=guidance)
     log(f'Sweep of {len(points)} points, {len(seeds)} images each, {describe_sampler(base)} into "{outdir}"')
     for n, point in enumerate(points):
         done = load_point(outdir, point)
@@ -332,7 +335,7 @@ def run_sweep(net, network, seeds, outdir, points, ref_path, *, base=SamplerOpti
         else:
             done = _score_point(net, network, seeds, outdir, point, base, ref, detector, class_idx=class_idx,
                                 max_batch_size=max_batch_size, device=device, num_workers=num_workers,
-                                keep_images=keep_images, progress=progress)
+                                keep_images=keep_images, progress=progress, guidance=guidance)
             log(f'[{n + 1}/{len(points)}] {point.name}: {score_name} {done[0]["score"]:.4f} '
                 f'({done[0]["seconds_generate"]:.0f} s sampling)')
     # The table holds every finished point of the folder: grids added by later runs join it.

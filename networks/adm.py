@@ -363,12 +363,13 @@ def _examples(names, limit=3):
     return ', '.join(names[:limit]) + more
 
 
-def check_state_dict(net, state, source='checkpoint'):
+def check_state_dict(net, state, source='checkpoint', specs=None):
     """{ADM name: Tensor spec} after checking that `state` holds exactly the tensors `net`
     (built from the flags, on any device, 'meta' included) needs, in the right shapes;
-    ADMError naming what is missing, left over or of the wrong shape otherwise."""
+    ADMError naming what is missing, left over or of the wrong shape otherwise. `specs`
+    (default: tensor_map(net)) says where each tensor goes, for networks other than ADMPrecond."""
     ours = net.state_dict()
-    wanted = {spec.adm: spec for spec in tensor_map(net)}
+    wanted = {spec.adm: spec for spec in (tensor_map(net) if specs is None else specs)}
     missing = [name for name in wanted if name not in state]
     extra = [name for name in state if name not in wanted]
     hint = ' (do the flags match the checkpoint?)'

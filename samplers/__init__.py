@@ -5,6 +5,8 @@
 - `multistep`: the few-step solvers S-PNDM, F-PNDM, DPM-Solver, DPM-Solver++(2M), DEIS (docs/solvers.md).
 - `denoisers`: the denoiser interface and wrappers (epsilon scaling).
 - `time_shift`: the time-shift step helper.
+- `guidance`: classifier guidance (guided-diffusion's rules for DDPM and DDIM, a denoiser wrapper for the others).
+- `adm_cli`: guided-diffusion's command lines (image_sample.py, classifier_sample.py) as a library.
 - `noise`: per-seed random numbers in EDM's order.
 - `sampler`: `SamplerOptions` and `Sampler`, which read the network once and run a solver.
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .denoisers import at_step
+from .guidance import condition_score as guidance_score
 from .schedules import per_sample
 
 VARIANCES = ('learned', 'large', 'small')
@@ -121,11 +122,14 @@ def grid_levels(process, j, x):
 # Step rules. x is x_t, x0 the (clipped) prediction, all float64; `last` is the step to t = 0.
 
 
-def _ddpm_step(x, x0, noise, levels, last, var_frac, variance, eta):
-    """Ancestral step: the posterior q(x_prev | x_t, x0) (DDPM Eq. 7), variance per `variance`."""
+def _ddpm_step(x, x0, noise, levels, last, var_frac, variance, eta, mean_shift=None):
+    """Ancestral step: the posterior q(x_prev | x_t, x0) (DDPM Eq. 7), variance per `variance`;
+    `mean_shift` (classifier guidance) is added to the mean."""
     abar, abar_prev = per_sample(levels.abar), per_sample(levels.abar_prev)
     beta = 1 - abar / abar_prev
     mean = (beta * abar_prev.sqrt() / (1 - abar)) * x0 + ((1 - abar_prev) * (1 - beta).sqrt() / (1 - abar)) * x
+    if mean_shift is not None:
+        mean = mean + mean_shift
     if last:
         return mean  # guided-diffusion masks the noise of the step to t = 0
     posterior = beta * (1 - abar_prev) / (1 - abar)
@@ -138,7 +142,29 @@ def _ddpm_step(x, x0, noise, levels, last, var_frac, variance, eta):
     return mean + (0.5 * log_var).exp() * noise
 
 
-def _ddim_step(x, x0, noise, levels, last, var_frac, variance, eta):
+def guided_variance(x, levels, process, j, var_frac, variance):
+    """Sigma of respaced step j as guided-diffusion's condition_mean uses it (its p_mean_variance
+    "variance"): as the step's noise, except at the last step (j = 0), where guided-diffusion's
+    tables put the posterior variance of step 1 (posterior_variance[1], the clipped log of 'small'
+    and 'learned'; 'large' holds it too) and 'small' holds 0."""
+    abar, abar_prev = per_sample(levels.abar), per_sample(levels.abar_prev)
+    beta = 1 - abar / abar_prev
+    posterior = beta * (1 - abar_prev) / (1 - abar)
+    if j == 0:
+        a0, a1 = process.alpha_bar[0], process.alpha_bar[1]
+        posterior = torch.full_like(posterior, (1 - a1 / a0) * (1 - a0) / (1 - a1))
+        if variance == 'large':
+            return posterior.expand_as(x)
+        if variance == 'small':
+            return torch.zeros_like(x)
+    if variance == 'large':
+        return beta.expand_as(x)
+    if variance == 'small':
+        return posterior.expand_as(x)
+    return (var_frac * beta.log() + (1 - var_frac) * posterior.log()).exp()
+
+
+def _ddim_step(x, x0, noise, levels, last, var_frac, variance, eta, mean_shift=None):
     """DDIM Eq. 12 with eps re-derived from the (clipped) x0, as guided-diffusion does."""
     abar, abar_prev = per_sample(levels.abar), per_sample(levels.abar_prev)
     eps = (x / abar.sqrt() - x0) / (1 / abar - 1).sqrt()
@@ -151,12 +177,16 @@ RULES = dict(ddpm=_ddpm_step, ddim=_ddim_step)
 
 
 def sample_discrete(rule, denoiser, latents, process, randn_like=torch.randn_like, class_labels=None, *,
-                    clip_denoised=True, eta=0.0, variance='large', tap=None, time_shift=None):
+                    clip_denoised=True, eta=0.0, variance='large', tap=None, time_shift=None, guidance=None):
     """Images (float64) from unit-variance `latents` = x_T by the step rule 'ddpm' or 'ddim'
     over the Respacing `process`: one denoiser evaluation and one noise draw per step.
 
     `tap` (a VarianceTap inside `denoiser`) supplies the learned variance for
-    variance='learned'; `time_shift` (samplers.time_shift) may move each sample's levels.
+    variance='learned'; `time_shift` (samplers.time_shift) may move each sample's levels;
+    `guidance` (a bound samplers.guidance.ClassifierGuidance) guides towards `class_labels`,
+    which it always sees (the denoiser passes them on as its network takes them): DDPM shifts
+    the mean by Sigma g, DDIM the clipped x0's eps by -sqrt(1 - abar) g (guided-diffusion's
+    condition_mean and condition_score), at the levels the network was evaluated at.
     """
     step = RULES[rule]
     x = latents.to(torch.float64)
@@ -170,9 +200,16 @@ def sample_discrete(rule, denoiser, latents, process, randn_like=torch.randn_lik
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         var_frac = None
-        if variance == 'learned' and j > 0:
+        if variance == 'learned' and (j > 0 or guidance is not None):
             var_frac = (tap.var_values.to(torch.float64) + 1) / 2
-        x = step(x, x0, noise, levels, j == 0, var_frac, variance, eta)
+        mean_shift = None
+        if guidance is not None:
+            g = guidance.gradient(x, levels.sigma, class_labels)
+            if rule == 'ddim':
+                x0 = guidance_score(x, x0, per_sample(levels.abar), g, guidance.extra_scaler(i))
+            else:
+                mean_shift = guided_variance(x, levels, process, j, var_frac, variance) * g
+        x = step(x, x0, noise, levels, j == 0, var_frac, variance, eta, mean_shift)
     return x
 
 

@@ -87,12 +87,14 @@ def split_batches(seeds, max_batch_size):
 # Resuming: a record of the options next to the images.
 
 
-def options_record(network, class_idx, options, fast=FastPaths()):
+def options_record(network, class_idx, options, fast=FastPaths(), guidance=None):
     """What decides the pixels of an image besides its seed. Fast paths that may move pixels
-    are listed only when on, so records written before they existed still match."""
+    are listed only when on (and classifier guidance only when given), so records written
+    before they existed still match."""
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
-    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
+    extra = guidance.record or {} if guidance is not None else {}
+    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record(), **extra)
 
 
 def check_options_record(outdir, record, existing):
@@ -153,31 +155,35 @@ def _all_ranks_sum(values, device):
     return total.tolist()
 
 
-def check_class(net, class_idx):
-    """Raise GenerateError unless class_idx is None or a class of the network."""
+def check_class(net, class_idx, label_dim=None):
+    """Raise GenerateError unless class_idx is None or a class of the network (of the
+    classifier, `label_dim` classes, when a guided sampler draws the labels)."""
     if class_idx is None:
         return
-    if not net.label_dim:
+    label_dim = net.label_dim if label_dim is None else label_dim
+    if not label_dim:
         raise GenerateError(f'--class={class_idx} given, but the network is unconditional')
-    if not 0 <= class_idx < net.label_dim:
-        raise GenerateError(f'--class={class_idx} is out of range: the network has classes 0-{net.label_dim - 1}')
+    if not 0 <= class_idx < label_dim:
+        raise GenerateError(f'--class={class_idx} is out of range: the network has classes 0-{label_dim - 1}')
 
 
 def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=False, class_idx=None,
-                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None):
+                    max_batch_size=64, device=None, resume=True, progress=True, fast=FastPaths(), sampler=None,
+                    guidance=None):
     """Sample one PNG per seed into `outdir` with this process's share of the batches;
     return GenerateStats. With `resume`, seeds whose PNG exists complete are not generated
     again. `fast` selects inference fast paths (samplers.fast; the default changes no pixel);
-    `sampler`, if given, is a Sampler already built for `net` with these options.
+    `sampler`, if given, is a Sampler already built for `net` with these options (else one is
+    built, with classifier `guidance` if given).
 
     Batches are cut from the full seed list and dealt to the torchrun processes in turn, and
     each process walks its share lazily (a billion seeds start at once); a batch with some
     PNGs missing is sampled whole, so resumed images are byte-identical.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
-    check_class(net, class_idx)
     if sampler is None:
-        sampler = Sampler(net, options, device=device, fast=fast)
+        sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)
+    check_class(net, class_idx, sampler.label_dim)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     counts = dict(written=0, skipped=0)
     start = time.time()
@@ -223,7 +229,8 @@ def sample_batch(sampler, net, batch, class_idx=None, device='cpu'):
     """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds."""
     noise = SeedNoise(batch, device=device)
     shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
+    label_dim = getattr(sampler, 'label_dim', net.label_dim)  # a guided sampler draws labels for its classifier
+    latents, labels = latents_and_labels(noise, shape, label_dim, class_idx, device=device)
     return sampler(latents, labels, noise.randn_like), labels
 
 
@@ -331,20 +338,21 @@ def _check_record(folder, record, resume):
 
 
 def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, device=None, fast=FastPaths(),
-                  resume=True, progress=True, class_idx=None, name=None):
+                  resume=True, progress=True, class_idx=None, name=None, guidance=None):
     """Sample one image per seed and write out_dir/samples_NxHxWxC.npz (or out_dir/`name`); return NpzStats.
 
     `record` (JSON data) describes everything that decides the pixels besides the seeds; parts
-    of an earlier run are reused only when its record matches.
+    of an earlier run are reused only when its record matches. With `guidance`
+    (samplers.guidance) every seed draws a label for the classifier, saved as arr_1.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
     shape = [net.img_resolution, net.img_resolution, net.img_channels]
     final = os.path.join(out_dir, name or npz_name(len(seeds), *shape[1:]))
     folder = os.path.join(out_dir, '.' + os.path.basename(final) + '.parts')
-    conditional = bool(net.label_dim)
     batch_of = lambda b: seeds[b * max_batch_size:(b + 1) * max_batch_size]
-    sampler = Sampler(net, options, device=device, fast=fast)
+    sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)
+    conditional = bool(sampler.label_dim)
     run_record = dict(record, seeds=str(seeds), batch=max_batch_size)
     dist.run_on_rank0(lambda: _check_record(folder, run_record, resume), JobError)
 

@@ -16,6 +16,7 @@ import torch
 
 from . import denoisers, discrete, multistep, schedules, solvers
 from .fast import FastPaths, prepare_network
+from .guidance import GUIDANCE_MODES, guided
 from .time_shift import DiscreteTimeShift, TimeShift, TimeShiftError, TSDPMTimeShift
 
 TS_MODES = ('clean', 'tsdpm')
@@ -183,14 +184,19 @@ class Sampler:
     """Samples images from a network with fixed options; call it once per batch.
 
     `fast` switches on inference fast paths (samplers.fast); they change only how the network
-    runs, not what the sampler computes.
+    runs, not what the sampler computes. `guidance` (samplers.guidance.ClassifierGuidance, for
+    ADM networks) guides every solver towards the class labels it is called with; `label_dim`
+    is the number of classes a label is drawn from (the classifier's with guidance).
     """
 
-    def __init__(self, net, options=SamplerOptions(), device=None, fast=FastPaths()):
+    def __init__(self, net, options=SamplerOptions(), device=None, fast=FastPaths(), guidance=None):
         options.check()
         self.options = options
         self.fast = fast
         device = torch.device('cpu') if device is None else torch.device(device)
+        check_guidance(net, guidance)
+        self.guidance = guidance
+        self.label_dim = guidance.num_classes if guidance is not None else net.label_dim
         if options.discrete:
             self._init_discrete(net, options, device, fast)
             return
@@ -220,6 +226,8 @@ class Sampler:
             else:
                 grid = net.round_sigma(schedules.reference_grid(options.disc, sigma_min, sigma_max, options.rho, device=device))
             self.time_shift = TimeShift(grid, options.ts_window, options.ts_cutoff, _signal_var(net, options))
+        if guidance is not None:
+            self.denoiser = guided(self.denoiser, guidance.bind(net))
         self.solver = solvers.SOLVERS[options.solver]
         if options.solver == 'fpndm-pndm':
             self.solver = functools.partial(self.solver, midpoint=multistep.timestep_midpoint(timestep_levels(net)))
@@ -245,12 +253,19 @@ class Sampler:
         elif options.ts_window > 0:
             self.time_shift = DiscreteTimeShift(alpha_bar, options.ts_window, options.ts_cutoff, _signal_var(net, options))
         self.solver = discrete.DISCRETE_SOLVERS[options.solver]
+        bound = None
+        if self.guidance is not None:
+            bound = self.guidance.bind(net, denoisers.eps_scalers(self.process.num_steps, options.eps_scaler,
+                                                                  options.eps_scaler_k))
         self.solver_kwargs = dict(clip_denoised=options.clip_denoised, eta=options.eta, variance=variance, tap=tap,
-                                  time_shift=self.time_shift)
+                                  time_shift=self.time_shift, guidance=bound)
 
     def __call__(self, latents, class_labels=None, randn_like=torch.randn_like):
         """Images [N, C, H, W] float64, roughly in [-1, 1]."""
-        with self.fast.grad_mode():
+        if self.guidance is not None and class_labels is None:
+            raise SamplerOptionError('classifier guidance needs class labels (one-hot, the classifier\'s classes) to guide towards')
+        # Guidance differentiates the classifier, which inference_mode would forbid.
+        with self.fast.grad_mode() if self.guidance is None else torch.no_grad():
             if self.options.discrete:
                 images = self.solver(self.denoiser, latents, self.process, randn_like, class_labels, **self.solver_kwargs)
             else:
@@ -268,6 +283,23 @@ def timestep_levels(net):
         return net.u.flip(0).to(torch.float64)
     raise SamplerOptionError(f'--solver=fpndm-pndm needs a discrete-time network (its midpoint is a timestep); '
                              f'{type(net).__name__} is continuous: use --solver=fpndm')
+
+
+def check_guidance(net, guidance):
+    """Raise SamplerOptionError if `guidance` cannot guide `net` (None always can)."""
+    if guidance is None:
+        return
+    if guidance.mode not in GUIDANCE_MODES:
+        raise SamplerOptionError(f'guidance mode must be one of {"|".join(GUIDANCE_MODES)}, not "{guidance.mode}"')
+    if not isinstance(getattr(net, 'alpha_bar', None), torch.Tensor):
+        raise SamplerOptionError(f'classifier guidance needs a discrete-time network (a converted ADM checkpoint), '
+                                 f'not {type(net).__name__}: the classifier is trained on its timesteps')
+    resolution = getattr(guidance.classifier, 'img_resolution', net.img_resolution)
+    if resolution != net.img_resolution:
+        raise SamplerOptionError(f'the classifier is for {resolution}x{resolution} images, the network makes '
+                                 f'{net.img_resolution}x{net.img_resolution}')
+    if net.label_dim and net.label_dim != guidance.num_classes:
+        raise SamplerOptionError(f'the network has {net.label_dim} classes, the classifier {guidance.num_classes}')
 
 
 def _signal_var(net, options):

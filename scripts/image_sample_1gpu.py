@@ -18,7 +18,7 @@ import image_sample  # noqa: E402  (needs the repository root on sys.path)
 
 
 @click.command(context_settings=dict(max_content_width=120))
-@image_sample.adm_flag_options
+@image_sample.adm_cli.adm_flag_options(refused=image_sample.GUIDANCE_ONLY)
 def main(**values):
     """Sample a guided-diffusion checkpoint as TS-DPM-ADM's image_sample_1gpu.py does.
 
