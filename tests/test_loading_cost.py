@@ -115,6 +115,6 @@ def test_rebuild_skips_only_the_construction_pickle_check():
 def test_bench_loading_runs(tmp_path):
     out = subprocess.run([sys.executable, os.path.join('bench', 'bench_loading.py'), '--repeat=1'], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.split() and line.split()[0] in ('plain', 'safe')}
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if len(line.split()) == 3 and line.split()[0] in ('plain', 'safe')}
     assert float(lines['plain'][1]) > 0 and float(lines['safe'][2]) > 0
     assert 'safe / plain' in out
