@@ -159,6 +159,21 @@ def _sum_over_ranks(tensor, device):
     return buf.cpu()
 
 
+def _check_finite(values, seeds, layout):
+    """Refuse NaN or inf norms (a network producing non-finite values) with one line naming the
+    seeds and the first evaluation; norms.json is not written."""
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    rows = (~finite).any(dim=0).any(dim=1)
+    bad = [seed for seed, flag in zip(seeds, rows.tolist()) if flag]
+    column = int((~finite).any(dim=0).any(dim=0).nonzero()[0])
+    step, kind = layout[column]
+    shown = ', '.join(map(str, bad[:10])) + (', ...' if len(bad) > 10 else '')
+    raise ExposureError(f'the network produced NaN or infinite values at solver step {step + 1} ({kind} evaluation) '
+                        f'for seeds {shown}; no norms were written')
+
+
 def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=None, max_batch_size=64,
                   device=None, progress=False):
     """EpsNorms of `net` sampled with `options` from `seeds`, and of the images of `dataset`
@@ -197,6 +212,7 @@ def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=No
             data[0, rows] = used * torch.tensor(scalers, dtype=torch.float64)  # the network's own eps
             data[1, rows] = sigmas
             data[2, rows] = _training_norms(sampler, net, dataset, labels, pool, batches[b], layout, device)
+            _check_finite(data[:, rows], batches[b], layout)
     data = _sum_over_ranks(data, device).numpy()
     return EpsNorms(layout=layout, levels=eval_levels, scalers=scalers,
                     dim=net.img_channels * net.img_resolution * net.img_resolution,

@@ -14,6 +14,7 @@ size or the number of processes.
 """
 
 import concurrent.futures
+import copy
 import dataclasses
 import glob
 import json
@@ -29,6 +30,7 @@ import dnnlib
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
 
+from .denoisers import StepDependent, at_step
 from .fast import FastPaths
 from .noise import SeedNoise, latents_and_labels
 from .sampler import Sampler, SamplerOptions
@@ -220,11 +222,68 @@ def my_batches(seeds, max_batch_size):
 
 
 def sample_batch(sampler, net, batch, class_idx=None, device='cpu'):
-    """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds."""
-    noise = SeedNoise(batch, device=device)
-    shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
-    return sampler(latents, labels, noise.randn_like), labels
+    """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds.
+
+    Raises NonFiniteError (one line naming the seeds and the solver step) if the network
+    produced NaN or inf for any image: such images would be written black with exit 0."""
+    def run(seeds, denoiser=None):
+        noise = SeedNoise(seeds, device=device)
+        shape = [net.img_channels, net.img_resolution, net.img_resolution]
+        latents, labels = latents_and_labels(noise, shape, net.label_dim, class_idx, device=device)
+        if denoiser is None:
+            return sampler(latents, labels, noise.randn_like), labels
+        watching = copy.copy(sampler)  # the same sampler, its denoiser seen through the watch
+        watching.denoiser = denoiser
+        return watching(latents, labels, noise.randn_like), labels
+
+    images, labels = run(batch)
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = [seed for seed, ok in zip(batch, finite.tolist()) if not ok]
+        raise NonFiniteError(_non_finite_message(sampler, bad, len(batch), run))
+    return images, labels
+
+
+class NonFiniteError(JobError):
+    """The network produced NaN or inf; the message names the seeds and the step."""
+
+
+class _FiniteWatch(StepDependent):
+    """Passes every evaluation through and remembers the first that returned NaN or inf."""
+
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
+        self.first = None   # (solver step, evaluation within the step, sigma)
+
+    def at_step(self, i):
+        inner = at_step(self.denoiser, i)
+        calls = [0]
+
+        def watched(x, sigma, class_labels=None):
+            out = inner(x, sigma, class_labels)
+            if self.first is None and not bool(torch.isfinite(out).all()):
+                self.first = (i, calls[0], float(torch.as_tensor(sigma, dtype=torch.float64).flatten()[0]))
+            calls[0] += 1
+            return out
+        return watched
+
+
+def _non_finite_message(sampler, bad, batch_size, run):
+    """Name the seeds and, by sampling them again under a watch, the first step that went wrong."""
+    shown = ', '.join(map(str, bad[:10])) + (', ...' if len(bad) > 10 else '')
+    where = ''
+    watch = _FiniteWatch(sampler.denoiser)
+    try:
+        run(bad, watch)
+    except Exception:  # the diagnosis is best effort; the seeds are named either way
+        pass
+    if watch.first is not None:
+        step, call, sigma = watch.first
+        num_steps = sampler.process.num_steps if sampler.options.discrete else len(sampler.sigmas) - 1
+        where = f' at solver step {step + 1} of {num_steps} (evaluation {call + 1} of the step, sigma={sigma:.6g})'
+    return (f'the network produced NaN or infinite values{where} for seed{"s" if len(bad) > 1 else ""} {shown} '
+            f'({len(bad)} of {batch_size} in the batch); nothing was written for them (non-finite weights, or an '
+            f'overflowing float16 path?)')
 
 
 def write_grid(path, outdir, seeds, subdirs=False, max_images=GRID_MAX_IMAGES):

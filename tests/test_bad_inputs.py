@@ -464,3 +464,73 @@ def test_exposure_calibrate_nan_min_sigma(tmp_path):
 @pytest.mark.parametrize('args', [['calc', '--seed=-1'], ['calc', '--seed=4294967296'], ['calc', '--num=1']])
 def test_fid_bad_numeric_options(tmp_path, args):
     assert_one_error_line(run('fid', *args, f'--images={tmp_path}', f'--ref={tmp_path / "r.npz"}'))
+
+#----------------------------------------------------------------------------
+# Second round (issue 26): non-finite results.
+
+
+def _nan_net(files, tmp_path, name='nan.pkl'):
+    net = tiny_net()
+    with torch.no_grad():
+        next(p for n, p in net.named_parameters() if n.endswith('weight')).view(-1)[0] = float('nan')
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(dict(ema=net)))
+    return path
+
+
+def test_generate_network_with_nan_weights_writes_nothing(files, tmp_path):
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={_nan_net(files, tmp_path)}', f'--outdir={out}',
+                                     '--seeds=0-3', '--batch=2', '--steps=4'))
+    assert 'NaN or infinite' in line and 'seeds 0, 1' in line and 'solver step 1 of 4' in line, line
+    assert not [f for f in no_files_under(out) if f.endswith('.png')]
+
+
+class _NaNLate(torch.nn.Module):
+    """Wraps a network: NaN for the images whose first latent pixel is positive, below sigma 1."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.img_channels, self.img_resolution, self.label_dim = net.img_channels, net.img_resolution, net.label_dim
+        self.sigma_min, self.sigma_max = net.sigma_min, net.sigma_max
+
+    def round_sigma(self, sigma):
+        return self.net.round_sigma(sigma)
+
+    def forward(self, x, sigma, class_labels=None, **kwargs):
+        out = self.net(x, sigma, class_labels, **kwargs)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if float(sigma[0]) < 1:
+            out = torch.where((x[:, :1, :1, :1] > 0), torch.full_like(out, float('nan')), out)
+        return out
+
+
+def test_sample_batch_names_only_the_bad_seeds_and_the_step():
+    from samplers import Sampler, SamplerOptions
+    from samplers.noise import SeedNoise, latents_and_labels
+    net = _NaNLate(tiny_net().eval().requires_grad_(False))
+    sampler = Sampler(net, SamplerOptions(num_steps=6, solver='euler'))
+    seeds = list(range(8))
+    with pytest.raises(jobs.NonFiniteError) as info:
+        jobs.sample_batch(sampler, net, seeds)
+    text = str(info.value)
+    # Independently: each seed sampled alone, and the first level below 1 (where _NaNLate starts).
+    bad = []
+    for seed in seeds:
+        noise = SeedNoise([seed])
+        latents, labels = latents_and_labels(noise, [1, 8, 8], 3, None)
+        if not sampler(latents, labels, noise.randn_like).isfinite().all():
+            bad.append(seed)
+    assert 0 < len(bad) < len(seeds)
+    step = next(i for i, s in enumerate(sampler.sigmas.tolist()) if s < 1)
+    assert f'solver step {step + 1} of 6' in text, text
+    assert f' {", ".join(map(str, bad))} ({len(bad)} of 8 in the batch)' in text, text
+    assert len(text.splitlines()) == 1
+
+
+def test_exposure_norms_of_a_nan_network(files, tmp_path):
+    line = assert_one_error_line(run('exposure', 'norms', f'--network={_nan_net(files, tmp_path)}',
+                                     f'--data={files["data"]}', f'--outdir={tmp_path / "out"}', '--seeds=0-1',
+                                     '--steps=3'), tmp_path / 'out' / 'norms.json')
+    assert 'NaN or infinite' in line, line
