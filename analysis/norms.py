@@ -16,6 +16,7 @@ import torch
 import tqdm
 
 import dnnlib
+from safeload import state
 from samplers import Sampler, SamplerOptions, SeedNoise, eps_scalers, jobs, latents_and_labels
 from samplers.recording import (EpsNormRecorder, LayoutError, evaluation_index, evaluation_layout, evaluation_levels,
                                 run_one_step, step_levels, unscaled_denoiser)
@@ -245,14 +246,22 @@ def write_norms(outdir, record):
 def read_norms(path):
     """A document written by `norms` (checked enough for calibrate and plot)."""
     try:
-        with open(path, encoding='utf8') as f:
-            record = json.load(f)
-    except OSError as err:
-        raise ExposureError(f'cannot read {path}: {err.strerror or err}') from None
-    except ValueError as err:
-        raise ExposureError(f'{path}: not JSON ({err})') from None
-    if not isinstance(record, dict) or record.get('kind') != 'eps-norms' or not record.get('evaluations'):
+        record = state.read_json(path)
+    except FileNotFoundError:
+        raise ExposureError(f'cannot read {path}: no such file') from None
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
+    if record.get('kind') != 'eps-norms' or not record.get('evaluations'):
         raise ExposureError(f'{path}: not a norms.json written by "exposure.py norms"')
+    try:
+        state.check_fields(record, dict(evaluations=list, dim=int, num_images=int, options=dict), path)
+        for n, row in enumerate(record['evaluations']):
+            if not isinstance(row, dict):
+                raise state.StateFileError(f'{path}: evaluation {n} is not an object')
+            state.check_fields(row, dict(step=int, kind=str, sigma=float, sampling=float, training=float),
+                               f'{path}: evaluation {n}')
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
     return record
 
 

@@ -27,6 +27,7 @@ import torch
 import tqdm
 
 import dnnlib
+from safeload import npz, state
 from torch_utils import distributed as dist
 from torch_utils import images as image_io
 
@@ -103,12 +104,11 @@ def check_options_record(outdir, record, existing):
     if not existing:
         return
     try:
-        with open(path, encoding='utf8') as f:
-            old = json.load(f)
+        old = state.read_json(path)
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as err:
-        raise GenerateError(f'cannot read {path}: {err}; delete it or pass --no-resume') from None
+    except state.StateFileError as err:
+        raise GenerateError(f'{err}; delete it or pass --no-resume') from None
     # Options added after a folder was made are missing from its record: they had their defaults.
     defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
     current = {**defaults, **json.loads(json.dumps(record))}
@@ -336,18 +336,33 @@ def _part_path(folder, index):
     return os.path.join(folder, f'part-{index:06d}.npz')
 
 
-def _read_part(path, seeds, shape, conditional):
-    """The (images, labels) of a finished part file, or None if it is missing or incomplete."""
+def _read_part(path, seeds, shape, conditional, label_dim=None):
+    """The (images, labels) of a finished part file, or None if it is missing.
+
+    Part files are written atomically, so one that exists is complete: a part that is not
+    exactly what this run would write (arrays, dtypes, shapes, seeds, labels in range) has
+    been changed since, and is refused with JobError (one line naming it)."""
+    if not os.path.isfile(path):
+        return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if list(data['seeds']) != list(seeds):
-                return None
-            images = data['arr_0']
-            labels = data['arr_1'] if conditional else None
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    if images.dtype != np.uint8 or images.shape != (len(seeds), *shape):
-        return None
+        arrays = npz.inspect_npz(path)
+        wanted = {'arr_0', 'seeds'} | ({'arr_1'} if conditional else set())
+        if set(arrays) != wanted:
+            raise npz.NpzError(f'{path}: holds arrays {sorted(arrays)}, expected {sorted(wanted)}')
+        n = len(seeds)
+        expect = dict(arr_0=(np.uint8, (n, *shape)), seeds=(np.int64, (n,)), arr_1=(np.int64, (n,)))
+        for name, array in arrays.items():
+            dtype, want = expect[name]
+            if array.dtype != np.dtype(dtype) or array.shape != tuple(want) or array.fortran_order:
+                raise npz.NpzError(f'{path}: {name} is {array.describe()}, expected {np.dtype(dtype)} {list(want)}')
+        if not np.array_equal(npz.read_array(path, arrays['seeds']), np.asarray(list(seeds), dtype=np.int64)):
+            raise npz.NpzError(f'{path}: holds other seeds than batch {os.path.basename(path)} of this run')
+        images = npz.read_array(path, arrays['arr_0'])
+        labels = npz.read_array(path, arrays['arr_1']) if conditional else None
+    except npz.NpzError as err:
+        raise JobError(f'{err}; delete the part file (or its folder) to sample it again') from None
+    if labels is not None and label_dim is not None and ((labels < 0) | (labels >= label_dim)).any():
+        raise JobError(f'{path}: holds labels outside 0-{label_dim - 1}; delete the part file to sample it again')
     return images, labels
 
 
@@ -363,10 +378,9 @@ def _check_record(folder, record, resume):
     path = os.path.join(folder, PARTS_RECORD)
     if resume and os.path.isfile(path):
         try:
-            with open(path, encoding='utf8') as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = None
+            old = state.read_json(path)
+        except (FileNotFoundError, state.StateFileError) as err:
+            raise JobError(f'{err}; delete {folder} or pass --resume False') from None
         if old != json.loads(json.dumps(record)):
             raise JobError(f'{folder} holds parts of a run with other options; delete it or pass --resume False')
         return
@@ -400,7 +414,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar:
         for b in mine:
             batch = batch_of(b)
-            if _read_part(_part_path(folder, b), batch, shape, conditional) is not None:
+            if _read_part(_part_path(folder, b), batch, shape, conditional, net.label_dim) is not None:
                 counts['resumed'] += len(batch)
             else:
                 images, labels = sample_batch(sampler, net, batch, class_idx, device)
@@ -412,7 +426,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     dist.barrier()
 
     def assemble():
-        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional) for b in range(-(-len(seeds) // max_batch_size))]
+        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional, net.label_dim) for b in range(-(-len(seeds) // max_batch_size))]
         if any(part is None for part in parts):
             raise JobError(f'{folder}: a part file is missing or damaged; run again to regenerate it')
         arrays = [np.concatenate([part[0] for part in parts])]
