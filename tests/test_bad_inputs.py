@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 import resource
 import subprocess
 import sys
@@ -534,3 +535,173 @@ def test_exposure_norms_of_a_nan_network(files, tmp_path):
                                      f'--data={files["data"]}', f'--outdir={tmp_path / "out"}', '--seeds=0-1',
                                      '--steps=3'), tmp_path / 'out' / 'norms.json')
     assert 'NaN or infinite' in line, line
+
+#----------------------------------------------------------------------------
+# Second round (issue 26): everything the toolkit reads back is hostile input.
+
+
+def _npy_header_bomb(path, shape, dtype='<f4'):
+    """A .npy file whose header declares `shape` but which holds 16 bytes of data."""
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (dtype, tuple(shape))
+    header = header + ' ' * (63 - (10 + len(header)) % 64) + '\n'
+    path.write_bytes(b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header.encode() + b'\0' * 16)
+    return path
+
+
+def _killed_npz_run(net, out, monkeypatch, seeds=range(4)):
+    """sample_to_npz stopped after its first part file, as a killed run leaves it."""
+    from samplers import SamplerOptions
+    written = []
+    real = jobs._write_part
+
+    def write_then_die(*args):
+        real(*args)
+        written.append(args[0])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(jobs, '_write_part', write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.sample_to_npz(net, list(seeds), str(out), SamplerOptions(num_steps=2), record=dict(x=1), max_batch_size=2,
+                           progress=False)
+    monkeypatch.setattr(jobs, '_write_part', real)
+    return written[0]
+
+
+@pytest.mark.parametrize('tamper, match', [
+    (lambda d: d.update(arr_1=np.array([7, 0], dtype=np.int64)), 'labels outside 0-2'),
+    (lambda d: d.update(seeds=np.array([5, 6], dtype=np.int64)), 'other seeds'),
+    (lambda d: d.update(arr_0=d['arr_0'].astype(np.float32)), 'arr_0 is float32'),
+    (lambda d: d.update(extra=np.zeros(1)), 'holds arrays'),
+    (lambda d: d.pop('arr_1'), 'holds arrays'),
+])
+def test_npz_resume_refuses_a_tampered_part(tmp_path, monkeypatch, tamper, match):
+    net = tiny_net().eval().requires_grad_(False)
+    part = _killed_npz_run(net, tmp_path / 'o', monkeypatch)
+    with np.load(part) as data:
+        arrays = dict(data)
+    tamper(arrays)
+    with open(part, 'wb') as f:
+        np.savez(f, **arrays)
+    from samplers import SamplerOptions
+    with pytest.raises(jobs.JobError, match=match) as info:
+        jobs.sample_to_npz(net, list(range(4)), str(tmp_path / 'o'), SamplerOptions(num_steps=2), record=dict(x=1),
+                           max_batch_size=2, progress=False)
+    assert os.path.basename(part) in str(info.value) and len(str(info.value).splitlines()) == 1
+    assert not [f for f in os.listdir(tmp_path / 'o') if f.endswith('.npz')]  # no sample file
+
+
+def test_npz_resume_untampered_part_is_used(tmp_path, monkeypatch):
+    """The wrong-variant control: the same killed run, not tampered, resumes and matches a fresh run."""
+    from samplers import SamplerOptions
+    net = tiny_net().eval().requires_grad_(False)
+    _killed_npz_run(net, tmp_path / 'o', monkeypatch)
+    opts = dict(record=dict(x=1), max_batch_size=2, progress=False)
+    stats = jobs.sample_to_npz(net, list(range(4)), str(tmp_path / 'o'), SamplerOptions(num_steps=2), **opts)
+    fresh = jobs.sample_to_npz(net, list(range(4)), str(tmp_path / 'f'), SamplerOptions(num_steps=2), **opts)
+    assert stats.num_resumed == 2 and fresh.num_resumed == 0
+    with np.load(stats.path) as a, np.load(fresh.path) as b:
+        assert np.array_equal(a['arr_0'], b['arr_0']) and np.array_equal(a['arr_1'], b['arr_1'])
+
+
+def test_npz_part_with_a_huge_declared_array_is_refused_before_allocation(tmp_path, monkeypatch):
+    net = tiny_net().eval().requires_grad_(False)
+    part = _killed_npz_run(net, tmp_path / 'o', monkeypatch)
+    import zipfile
+    bomb = _npy_header_bomb(tmp_path / 'arr_0.npy', (1 << 20, 8, 8, 1 << 12), '|u1')
+    with zipfile.ZipFile(part, 'w') as zf:
+        zf.write(bomb, 'arr_0.npy')
+    start = time.time()
+    with pytest.raises(jobs.JobError, match='declares'):
+        jobs._read_part(part, [0, 1], [8, 8, 1], True, 3)
+    assert time.time() - start < 5
+
+
+@pytest.mark.parametrize('content', ['[1, 2]', '{"network": ' * 100000, 'NaN', '{"class_idx": NaN}'])
+def test_generate_resume_with_a_tampered_options_record(files, tmp_path, content):
+    out = tmp_path / 'out'
+    res = run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-1', '--batch=2', '--steps=2')
+    assert res.exit_code == 0, res.output
+    (out / generate.OPTIONS_RECORD).write_text(content)
+    before = sorted(os.listdir(out))
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-1',
+                                     '--batch=2', '--steps=2'))
+    assert generate.OPTIONS_RECORD in line and 'no-resume' in line, line
+    assert sorted(os.listdir(out)) == before
+
+
+def test_generate_resume_with_a_huge_options_record(files, tmp_path, monkeypatch):
+    from safeload import state
+    monkeypatch.setattr(state, 'MAX_JSON_BYTES', 1000)
+    out = tmp_path / 'out'
+    assert run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-1', '--batch=2', '--steps=2').exit_code == 0
+    (out / generate.OPTIONS_RECORD).write_text('{"a": "' + 'x' * 2000 + '"}')
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-1',
+                                     '--batch=2', '--steps=2'))
+    assert 'more than the 1000' in line, line
+
+
+def _sweep_point(tmp_path, result=None, features=None):
+    from analysis import sweep
+    point = sweep.GridPoint(1.0)
+    folder = tmp_path / 'points' / point.name
+    folder.mkdir(parents=True)
+    good = dict(point=dict(eps_scaler=1.0, ts_window=0, ts_cutoff=sweep.GridPoint.ts_cutoff, ts_mode='clean',
+                           eps_scaler_k=0.0), name=point.name, score=3.5, num_images=4, options={})
+    (folder / 'result.json').write_text(json.dumps(good if result is None else result(good)))
+    np.save(folder / 'features.npy', np.ones([4, 6], dtype=np.float32) if features is None else features)
+    return sweep, point, folder
+
+
+@pytest.mark.parametrize('result, features, match', [
+    (lambda r: dict(r, score='3.5'), None, '"score" is a string'),
+    (lambda r: dict(r, score=float('inf')), None, 'not finite'),
+    (lambda r: dict(r, num_images=True), None, '"num_images" is true or false'),
+    (lambda r: {k: v for k, v in r.items() if k != 'point'}, None, '"point" is missing'),
+    (lambda r: dict(r, point=dict(r['point'], eps_scaler='big')), None, 'eps_scaler'),
+    (lambda r: dict(r, point=dict(r['point'], ts_mode='evil')), None, 'ts_mode'),
+    (lambda r: dict(r, point=dict(r['point'], extra=1)), None, 'exactly the fields'),
+    (None, np.ones([4, 6], dtype=np.float64), 'float64'),
+    (None, np.ones([3, 6], dtype=np.float32), 'shape'),
+    (None, np.full([4, 6], np.nan, dtype=np.float32), 'NaN'),
+    (None, np.array([[None]] * 4, dtype=object), 'object'),
+])
+def test_sweep_resume_refuses_a_tampered_point(tmp_path, result, features, match):
+    sweep, point, folder = _sweep_point(tmp_path, result, features)
+    from analysis.common import ExposureError
+    with pytest.raises(ExposureError, match=match):
+        sweep.finished_points(str(tmp_path))
+    with pytest.raises(ExposureError, match=match):
+        sweep.load_point(str(tmp_path), point)
+
+
+def test_sweep_untampered_point_loads(tmp_path):
+    sweep, point, _folder = _sweep_point(tmp_path)
+    points, results, features = sweep.finished_points(str(tmp_path))
+    assert points == [point] and results[0]['score'] == 3.5 and features[0].shape == (4, 6)
+
+
+def test_feature_array_with_a_huge_header_is_refused_quickly_and_small(tmp_path, repo_root):
+    """A features.npy declaring 2^40 floats over 16 bytes: refused before allocation (peak RSS)."""
+    path = _npy_header_bomb(tmp_path / 'features.npy', (1 << 20, 1 << 20))
+    code = ('import resource, sys; from safeload import state\n'
+            'try:\n    state.read_npy(sys.argv[1], ("<f4",), shape=(None, None))\n'
+            'except state.StateFileError as err:\n    print("refused:", err)\n'
+            'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)')
+    start = time.time()
+    res = subprocess.run([sys.executable, '-c', code, str(path)], cwd=repo_root, capture_output=True, text=True)
+    assert time.time() - start < 30
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith('refused:') and 'declares' in lines[0], res.stdout + res.stderr
+    assert int(lines[1]) < 400 * 1024  # KiB: the interpreter and numpy only
+
+
+@pytest.mark.parametrize('doc, match', [
+    ('{"kind": "eps-norms", "evaluations": [1]}', 'missing|not an object'),
+    ('{"kind": "eps-norms", "evaluations": [{"step": 0}], "dim": 64, "num_images": 2, "options": {}}', '"kind" is missing'),
+    ('[' * 100000, 'not valid JSON'),
+    ('{"kind": "eps-norms", "evaluations": [{"step": 0, "kind": "euler", "sigma": NaN}]}', 'NaN'),
+])
+def test_exposure_calibrate_tampered_norms(tmp_path, doc, match):
+    path = tmp_path / 'norms.json'
+    path.write_text(doc)
+    line = assert_one_error_line(run('exposure', 'calibrate', f'--norms={path}'))
+    assert re.search(match, line), line
