@@ -705,3 +705,47 @@ def test_exposure_calibrate_tampered_norms(tmp_path, doc, match):
     path.write_text(doc)
     line = assert_one_error_line(run('exposure', 'calibrate', f'--norms={path}'))
     assert re.search(match, line), line
+
+#----------------------------------------------------------------------------
+# Second round (issue 26): integers outside int64, channel counts dataset_tool cannot convert.
+
+
+@pytest.mark.parametrize('command, args', [
+    ('generate', ['--outdir=OUT', '--seeds=0', f'--steps={2 ** 70}']),
+    ('generate', ['--outdir=OUT', '--seeds=0', f'--ts_window={2 ** 70}']),
+    ('generate', ['--outdir=OUT', '--seeds=0', f'--order={-2 ** 70}']),
+    ('fid', ['calc', '--images=OUT', '--ref=x.npz', f'--num={2 ** 70}']),
+    ('dataset_tool', ['--source=OUT', '--dest=OUT/x.zip', f'--max-images={2 ** 70}']),
+])
+def test_integers_past_int64_are_one_line(tmp_path, command, args):
+    args = [a.replace('OUT', str(tmp_path / 'out')) for a in args]
+    start = time.time()
+    line = assert_one_error_line(run(command, *args), tmp_path / 'out')
+    assert '64-bit integer' in line and time.time() - start < 10, line
+
+
+def test_every_integer_option_is_bounded():
+    for name, command in _all_commands():
+        for param in command.params:
+            if isinstance(param.type, click.IntRange) or param.type is click.INT:
+                assert isinstance(param.type, cli._BoundedIntRange), f'{name} {param.opts[0]}'
+
+
+def test_bounded_ints_keep_their_own_range():
+    line = assert_one_error_line(run('generate', '--outdir=x', '--batch=0'))
+    assert '1<=x<=65536' in line, line
+    assert cli._BoundedIntRange(click.IntRange(min=1)).convert('7', None, None) == 7
+
+
+@pytest.mark.parametrize('channels', [2, 4, 5])
+def test_dataset_tool_npz_with_unconvertible_channels(tmp_path, channels):
+    src = tmp_path / 'in.npz'
+    np.savez(src, arr_0=np.zeros([2, 8, 8, channels], dtype=np.uint8))
+    line = assert_one_error_line(run('dataset_tool', f'--source={src}', f'--dest={tmp_path / "x.zip"}'), tmp_path / 'x.zip')
+    assert f'{channels}-channel' in line, line
+
+
+def test_dataset_tool_npz_with_rgb_converts(tmp_path):
+    src = tmp_path / 'in.npz'
+    np.savez(src, arr_0=np.zeros([2, 8, 8, 3], dtype=np.uint8))
+    assert run('dataset_tool', f'--source={src}', f'--dest={tmp_path / "x.zip"}').exit_code == 0
