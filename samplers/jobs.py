@@ -17,18 +17,21 @@ import concurrent.futures
 import copy
 import dataclasses
 import glob
+import inspect
 import json
 import os
 import shutil
 import time
 
 import numpy as np
+import psutil
 import torch
 import tqdm
 
 import dnnlib
 from safeload import npz, state
 from torch_utils import distributed as dist
+from torch_utils import persistence
 from torch_utils import images as image_io
 
 from .denoisers import StepDependent, at_step
@@ -181,6 +184,7 @@ def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=Fal
     if sampler is None:
         sampler = Sampler(net, options, device=device, fast=fast)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
+    check_batch_memory(net, min(max_batch_size, len(seeds)), device)
     counts = dict(written=0, skipped=0)
     start = time.time()
     with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar, \
@@ -219,6 +223,54 @@ def my_batches(seeds, max_batch_size):
     mine = range(dist.get_rank(), num_batches, dist.get_world_size())
     num_mine = len(mine) * max_batch_size - (num_batches * max_batch_size - len(seeds) if num_batches - 1 in mine else 0)
     return seeds, mine, num_mine
+
+
+def activation_bytes(net, batch_size):
+    """An estimate of the memory one batch of sampling takes beyond the weights: the UNet's skip
+    connections and working tensors at every level, attention scores, and the solver's float64
+    latents. From the inner model's constructor arguments; None for networks without them."""
+    model = getattr(net, 'model', None)
+    if model is None or not persistence.is_persistent(model):
+        return None
+    try:
+        params = inspect.signature(type(model).__init__).parameters
+        kwargs = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+        kwargs.update(model.init_kwargs)
+        res, base = int(kwargs['img_resolution']), int(kwargs['model_channels'])
+        mult, blocks = [float(m) for m in kwargs['channel_mult']], int(kwargs['num_blocks'])
+        attn = {int(r) for r in kwargs.get('attn_resolutions', ())}
+        per_head = kwargs.get('channels_per_head')
+    except (KeyError, TypeError, ValueError):
+        return None
+    floats, working, scores = 0, 0, 0
+    for level, m in enumerate(mult):
+        r, width = res >> level, int(m * base)
+        floats += 2 * (blocks + 1) * width * r * r  # skips kept by the encoder and the decoder's inputs
+        working = max(working, 6 * width * r * r)
+        if r in attn:
+            heads = max(1, width // int(per_head)) if per_head else int(kwargs.get('num_heads', 1) or 1)
+            scores = max(scores, 2 * heads * (r * r) ** 2)
+    latents = 8 * 6 * net.img_channels * net.img_resolution ** 2
+    return batch_size * (4 * (floats + working + scores) + latents)
+
+
+def available_bytes(device):
+    """Memory free for a batch on `device` (psutil's available memory on the CPU)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == 'cpu':
+        return psutil.virtual_memory().available
+    return None
+
+
+def check_batch_memory(net, batch_size, device, option='--batch'):
+    """Raise JobError (one line) if a batch of `batch_size` cannot fit in the memory available."""
+    need = activation_bytes(net, batch_size)
+    have = available_bytes(device)
+    if need is not None and have is not None and need > have:
+        raise JobError(f'a batch of {batch_size} images needs about {need / 2**30:.1f} GiB on {device}, but '
+                       f'{have / 2**30:.1f} GiB are available; use a smaller {option}')
 
 
 def sample_batch(sampler, net, batch, class_idx=None, device='cpu'):
@@ -400,6 +452,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
+    check_batch_memory(net, min(max_batch_size, len(seeds)), device, option='--batch_size')
     shape = [net.img_resolution, net.img_resolution, net.img_channels]
     final = os.path.join(out_dir, npz_name(len(seeds), *shape[1:]))
     folder = os.path.join(out_dir, '.' + os.path.basename(final) + '.parts')

@@ -749,3 +749,65 @@ def test_dataset_tool_npz_with_rgb_converts(tmp_path):
     src = tmp_path / 'in.npz'
     np.savez(src, arr_0=np.zeros([2, 8, 8, 3], dtype=np.uint8))
     assert run('dataset_tool', f'--source={src}', f'--dest={tmp_path / "x.zip"}').exit_code == 0
+
+#----------------------------------------------------------------------------
+# Second round (issue 26): networks from flags bounded before construction; batches that cannot fit.
+
+
+def _adm_flags(text):
+    from networks import adm
+    return adm.parse_adm_flags(text.split())
+
+
+def test_adm_parameter_estimate_matches_the_built_network():
+    from networks import adm
+    for text in ['--image_size 32 --num_channels 64 --num_res_blocks 1',
+                 '--image_size 64 --num_channels 32 --num_res_blocks 2 --class_cond True --use_scale_shift_norm False',
+                 '--image_size 32 --num_channels 64 --num_res_blocks 2 --resblock_updown True --attention_resolutions 16,8']:
+        flags = _adm_flags(text)
+        with torch.device('meta'):
+            count = sum(p.numel() for p in adm.build_network(flags).parameters())
+        assert abs(adm.estimate_parameters(flags) - count) < 0.01 * count, text
+
+
+@pytest.mark.parametrize('text, match', [
+    ('--image_size 32 --num_channels 64 --num_res_blocks 1000000', 'num_res_blocks 1000000 is above'),
+    ('--image_size 1048576 --num_channels 64 --channel_mult 1', 'image_size 1048576 is above'),
+    ('--image_size 32 --num_channels 65536 --channel_mult 1', 'is above the limit of 16384'),
+    ('--image_size 32 --num_channels 4096 --num_res_blocks 64 --channel_mult 1,2', 'parameters, above the limit'),
+    ('--image_size 4096 --num_channels 32 --channel_mult ' + ','.join(['1'] * 13), 'channel_mult entries 13'),
+    ('--image_size 32 --num_channels 64 --class_cond True --num_classes 1000000000', 'num_classes 1000000000'),
+])
+def test_adm_flags_above_the_bounds_are_refused_at_once(text, match):
+    from networks import adm
+    start = time.time()
+    with pytest.raises(adm.ADMError, match=match):
+        adm.parse_adm_flags(text.split())
+    assert time.time() - start < 2
+
+
+def test_adm_checkpoint_far_smaller_than_the_flags_is_refused_before_building(tmp_path):
+    from networks import adm
+    path = tmp_path / 'small.pt'
+    torch.save({'time_embed.0.weight': torch.zeros(4, 4)}, path)
+    flags = _adm_flags('--image_size 64 --num_channels 192 --num_res_blocks 3')
+    with pytest.raises(adm.ADMError, match='describe about .* parameters, the checkpoint holds 16'):
+        adm.load_adm_checkpoint(str(path), flags)
+
+
+def test_generate_refuses_a_batch_that_cannot_fit(files, tmp_path, monkeypatch):
+    class Tiny:
+        available = 1 << 10
+    monkeypatch.setattr(jobs.psutil, 'virtual_memory', lambda: Tiny)
+    out = tmp_path / 'out'
+    line = assert_one_error_line(run('generate', f'--network={files["net"]}', f'--outdir={out}', '--seeds=0-3',
+                                     '--batch=4', '--steps=2'))
+    assert 'GiB are available; use a smaller --batch' in line, line
+    assert not [f for f in no_files_under(out) if f.endswith('.png')]
+
+
+def test_batch_memory_estimate_scales_with_the_batch():
+    net = tiny_net()
+    one = jobs.activation_bytes(net, 1)
+    assert one > 0 and jobs.activation_bytes(net, 64) == 64 * one
+    assert jobs.activation_bytes(torch.nn.Identity(), 4) is None
