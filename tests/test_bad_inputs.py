@@ -811,3 +811,73 @@ def test_batch_memory_estimate_scales_with_the_batch():
     one = jobs.activation_bytes(net, 1)
     assert one > 0 and jobs.activation_bytes(net, 64) == 64 * one
     assert jobs.activation_bytes(torch.nn.Identity(), 4) is None
+
+#----------------------------------------------------------------------------
+# Second round (issue 26): zip archives bounded before inflating; detector widths and dtypes.
+
+
+def test_compressed_checkpoint_entry_is_refused_before_inflating(tmp_path):
+    import zipfile
+    from safeload import checkpoints
+    src = tmp_path / 'ok.pt'
+    torch.save({'w': torch.zeros(4)}, src)
+    bomb = tmp_path / 'bomb.pt'
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bomb, 'w', zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+        zout.writestr('ok/data/99', b'\0' * (64 << 20))  # 64 MiB of zeros in a few KB
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(checkpoints.CheckpointError, match='is compressed'):
+        checkpoints.read_state_dict(str(bomb))
+    assert checkpoints.read_state_dict(str(src))['w'].shape == (4,)  # the control: torch.save's own file reads
+
+
+def test_legacy_checkpoint_format_is_one_line(tmp_path):
+    from safeload import checkpoints
+    path = tmp_path / 'old.pt'
+    torch.save({'w': torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(checkpoints.CheckpointError, match='legacy format'):
+        checkpoints.read_state_dict(str(path))
+
+
+def test_npz_whole_array_read_is_bounded(tmp_path, monkeypatch):
+    from safeload import npz
+    path = tmp_path / 'stats.npz'
+    np.savez_compressed(path, mu=np.zeros(4096), sigma=np.zeros([4096, 4096]))  # 128 MiB of sigma in ~130 KB
+    arrays = npz.inspect_npz(str(path))
+    monkeypatch.setattr(npz, 'MAX_READ_BYTES', 64 << 20)
+    with pytest.raises(npz.NpzError, match='more than the 67108864 bytes'):
+        npz.read_array(str(path), arrays['sigma'])
+    assert npz.read_array(str(path), arrays['mu']).shape == (4096,)
+
+
+class _WideDetector(torch.nn.Module):
+    def __init__(self, width, dtype=torch.float32):
+        super().__init__()
+        self.width, self.dtype = width, dtype
+
+    def forward(self, images, return_features=True):
+        return torch.zeros([images.shape[0], 1], dtype=self.dtype).expand(images.shape[0], self.width)
+
+
+@pytest.mark.parametrize('width, dtype, match', [
+    (1 << 30, torch.float32, 'at most 16384'),   # would be a 2^60-element sigma
+    (0, torch.float32, 'at most 16384'),
+    (8, torch.int64, 'floating-point'),
+])
+def test_detector_output_is_checked_before_statistics_are_allocated(tmp_path, width, dtype, match):
+    from metrics.detector import MetricError
+    from metrics.features import compute_feature_stats, open_images
+    folder = write_images(tmp_path / 'imgs', count=2)
+    with pytest.raises(MetricError, match=match):
+        compute_feature_stats(open_images(folder), _WideDetector(width, dtype), image_path=folder, num_workers=0,
+                              verbose=False)
+
+
+def test_reference_with_a_huge_dimension_is_refused_before_reading(tmp_path):
+    from metrics.detector import MetricError
+    from metrics.reference import load_reference
+    path = tmp_path / 'ref.npz'
+    np.savez(path, mu=np.zeros(20000, dtype=np.float32), sigma=np.zeros([20000, 1], dtype=np.float32))
+    with pytest.raises(MetricError, match='at most 16384'):
+        load_reference(str(path))
