@@ -881,3 +881,49 @@ def test_reference_with_a_huge_dimension_is_refused_before_reading(tmp_path):
     np.savez(path, mu=np.zeros(20000, dtype=np.float32), sigma=np.zeros([20000, 1], dtype=np.float32))
     with pytest.raises(MetricError, match='at most 16384'):
         load_reference(str(path))
+
+#----------------------------------------------------------------------------
+# Second round (issue 26): tampered training states.
+
+
+def _state_dump(**changes):
+    from training import training_loop
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    state = dict(format=training_loop.STATE_FORMAT, net=net.state_dict(), ema=net.state_dict(),
+                 optimizer_state=opt.state_dict(), cur_nimg=64, cur_tick=1, seed=0, batch_size=8, augment_kwargs=None)
+    state.update(changes)
+    return {k: v for k, v in state.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize('changes, match', [
+    (dict(cur_nimg=-64), 'cur_nimg'),
+    (dict(cur_nimg=1.5), 'cur_nimg'),
+    (dict(cur_tick=True), 'cur_tick'),
+    (dict(seed=_DROP), 'seed'),
+    (dict(net={'weight': torch.full([2, 2], float('nan')), 'bias': torch.zeros(2)}), 'NaN'),
+    (dict(ema={'weight': 'x'}), 'state dict of tensors'),
+    (dict(optimizer_state=[1, 2]), 'optimizer state dict'),
+    (dict(optimizer_state=dict(state={}, param_groups=[dict(lr=float('inf'), params=[0, 1])])), 'optimizer "lr"'),
+])
+def test_train_resume_from_a_tampered_state(files, tmp_path, changes, match):
+    from training import training_loop
+    path = tmp_path / 'training-state-000000.pt'
+    torch.save(_state_dump(**changes), path)
+    with pytest.raises(ValueError, match=match):
+        training_loop.load_state_dump(str(path))
+    line = assert_one_error_line(run('train', f'--outdir={tmp_path / "runs"}', f'--data={files["data"]}', '--cond=1',
+                                     *TRAIN_TINY, f'--resume={path}'), tmp_path / 'runs')
+    assert re.search(match, line), line
+
+
+def test_train_untampered_state_dump_reads():
+    import tempfile
+    from training import training_loop
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'training-state-000000.pt')
+        torch.save(_state_dump(), path)
+        assert training_loop.load_state_dump(path)['cur_nimg'] == 64
