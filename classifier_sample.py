@@ -16,6 +16,7 @@ a killed run resumes. DDPM moves the posterior mean by Sigma g, DDIM the eps by
 import click
 
 from samplers import adm_cli
+from torch_utils import cli
 
 
 def run(values):
@@ -49,6 +50,8 @@ def main(**values):
     """
     adm_cli.run_command(run, values)
 
+
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

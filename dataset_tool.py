@@ -106,5 +106,7 @@ def main(source, dest, max_images, transform, resolution, workers):
                f'labels: {"yes" if summary["labels"] else "none"}) to {dest}')
 
 
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
+
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

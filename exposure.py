@@ -293,5 +293,7 @@ def classifier(data_path, dest, holdout, epochs, batch, seed):
     _cli(work)
 
 
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
+
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

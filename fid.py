@@ -192,5 +192,7 @@ def ref(dataset_path, dest_path, batch, keep_features, detector_url, pr_detector
 
 #----------------------------------------------------------------------------
 
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
+
 if __name__ == '__main__':
     main()

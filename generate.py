@@ -213,5 +213,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
         raise click.ClickException(str(err)) from None
 
 
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
+
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

@@ -4,6 +4,7 @@ import click
 
 from metrics.detector import MetricError
 from metrics.grid import DEFAULT_NUM, write_image_grid
+from torch_utils import cli
 
 
 @click.command(context_settings=dict(max_content_width=120))
@@ -26,6 +27,8 @@ def main(images_path, dest, num, cols):
         raise click.ClickException(str(err)) from None
     print(f'Wrote a grid of {count} images to "{dest}"')
 
+
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

@@ -16,6 +16,7 @@ import click
 from networks import classifier as noisy_classifier
 from samplers import adm_cli
 from samplers.jobs import JobError
+from torch_utils import cli
 
 # classifier_sample.py's flags: guided-diffusion's image_sample.py has none of them, and taking
 # them here without guiding would write unguided samples under a guided command.
@@ -72,6 +73,8 @@ def main(**values):
     """
     cli_main(values)
 
+
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

@@ -114,5 +114,7 @@ def main(**values):
         raise click.ClickException(cli.os_error_message(err)) from None
 
 
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
+
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

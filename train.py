@@ -352,6 +352,8 @@ def _network_load_error():
 
 #----------------------------------------------------------------------------
 
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
+
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter
 

@@ -16,6 +16,7 @@ import torch
 import tqdm
 
 import dnnlib
+from safeload import state
 from samplers import Sampler, SamplerOptions, SeedNoise, eps_scalers, jobs, latents_and_labels
 from samplers.recording import (EpsNormRecorder, LayoutError, evaluation_index, evaluation_layout, evaluation_levels,
                                 run_one_step, step_levels, unscaled_denoiser)
@@ -159,6 +160,21 @@ def _sum_over_ranks(tensor, device):
     return buf.cpu()
 
 
+def _check_finite(values, seeds, layout):
+    """Refuse NaN or inf norms (a network producing non-finite values) with one line naming the
+    seeds and the first evaluation; norms.json is not written."""
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    rows = (~finite).any(dim=0).any(dim=1)
+    bad = [seed for seed, flag in zip(seeds, rows.tolist()) if flag]
+    column = int((~finite).any(dim=0).any(dim=0).nonzero()[0])
+    step, kind = layout[column]
+    shown = ', '.join(map(str, bad[:10])) + (', ...' if len(bad) > 10 else '')
+    raise ExposureError(f'the network produced NaN or infinite values at solver step {step + 1} ({kind} evaluation) '
+                        f'for seeds {shown}; no norms were written')
+
+
 def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=None, max_batch_size=64,
                   device=None, progress=False):
     """EpsNorms of `net` sampled with `options` from `seeds`, and of the images of `dataset`
@@ -197,6 +213,7 @@ def measure_norms(net, dataset, seeds, options=SamplerOptions(), *, class_idx=No
             data[0, rows] = used * torch.tensor(scalers, dtype=torch.float64)  # the network's own eps
             data[1, rows] = sigmas
             data[2, rows] = _training_norms(sampler, net, dataset, labels, pool, batches[b], layout, device)
+            _check_finite(data[:, rows], batches[b], layout)
     data = _sum_over_ranks(data, device).numpy()
     return EpsNorms(layout=layout, levels=eval_levels, scalers=scalers,
                     dim=net.img_channels * net.img_resolution * net.img_resolution,
@@ -229,14 +246,22 @@ def write_norms(outdir, record):
 def read_norms(path):
     """A document written by `norms` (checked enough for calibrate and plot)."""
     try:
-        with open(path, encoding='utf8') as f:
-            record = json.load(f)
-    except OSError as err:
-        raise ExposureError(f'cannot read {path}: {err.strerror or err}') from None
-    except ValueError as err:
-        raise ExposureError(f'{path}: not JSON ({err})') from None
-    if not isinstance(record, dict) or record.get('kind') != 'eps-norms' or not record.get('evaluations'):
+        record = state.read_json(path)
+    except FileNotFoundError:
+        raise ExposureError(f'cannot read {path}: no such file') from None
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
+    if record.get('kind') != 'eps-norms' or not record.get('evaluations'):
         raise ExposureError(f'{path}: not a norms.json written by "exposure.py norms"')
+    try:
+        state.check_fields(record, dict(evaluations=list, dim=int, num_images=int, options=dict), path)
+        for n, row in enumerate(record['evaluations']):
+            if not isinstance(row, dict):
+                raise state.StateFileError(f'{path}: evaluation {n} is not an object')
+            state.check_fields(row, dict(step=int, kind=str, sigma=float, sampling=float, training=float),
+                               f'{path}: evaluation {n}')
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
     return record
 
 

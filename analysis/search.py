@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import dnnlib
+from safeload import state
 from metrics.detector import INCEPTION_URL
 from metrics.features import compute_feature_stats, open_images
 from samplers import SamplerOptions, jobs
@@ -27,7 +28,7 @@ from samplers.sampler import check_network
 from torch_utils import distributed as dist
 
 from .common import ExposureError, describe_sampler
-from .sweep import GridPoint, _fd_of, bootstrap, load_point, open_sweep
+from .sweep import GridPoint, _fd_of, bootstrap, load_point, open_sweep, point_from_record, read_features
 
 INV_PHI = (math.sqrt(5) - 1) / 2  # 0.618...: golden-section proportion
 SEARCH_Z = 2.0                    # a difference counts when it exceeds SEARCH_Z paired standard deviations
@@ -164,18 +165,24 @@ class FolderScorer:
     def _stored(self, point):
         """Features [k, D] of the first k seeds at `point` that the folder holds, or None."""
         done = load_point(self.outdir, point)  # a grid point of the same sweep, with every seed
-        if done is not None and done[0].get('num_images') == len(self.seeds) and GridPoint(**done[0]['point']) == point:
+        if done is not None and done[0].get('num_images') == len(self.seeds):
             return done[1][_seed_rank(self.seeds)]
         folder = self._folder(point)
+        path = os.path.join(folder, 'point.json')
         try:
-            with open(os.path.join(folder, 'point.json'), encoding='utf8') as f:
-                record = json.load(f)
-            features = np.load(os.path.join(folder, 'features.npy'), allow_pickle=False)
-            if GridPoint(**record['point']) == point and features.shape[0] == record['num_images']:
-                return features
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return None
+            record = state.check_fields(state.read_json(path), dict(point=dict, num_images=int), path)
+        except FileNotFoundError:
+            return None
+        except state.StateFileError as err:
+            raise ExposureError(f'{err}; delete {folder} to score the point again') from None
+        if point_from_record(record['point'], path) != point:
+            raise ExposureError(f'{path}: holds another point than {point.name}; delete {folder} to score it again')
+        if not 0 < record['num_images'] <= len(self.seeds):
+            raise ExposureError(f'{path}: num_images {record["num_images"]} is not between 1 and {len(self.seeds)}')
+        try:
+            return read_features(os.path.join(folder, 'features.npy'), record['num_images'], self.ref['mu'].shape[0])
+        except FileNotFoundError:
+            raise ExposureError(f'{folder}: point.json without features.npy; delete the folder to score the point again') from None
 
     def features(self, b, n):
         point = self.point(b)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
+from safeload import state
 from metrics.detector import INCEPTION_URL, MetricError, load_detector
 from metrics.features import compute_feature_stats, open_images
 from metrics.frechet import frechet_distance
@@ -161,10 +162,9 @@ def _check_sweep_record(outdir, record):
     path = os.path.join(outdir, SWEEP_RECORD)
     if os.path.isfile(path):
         try:
-            with open(path, encoding='utf8') as f:
-                old = json.load(f)
-        except (OSError, ValueError) as err:
-            raise ExposureError(f'cannot read {path}: {err}; use another --outdir') from None
+            old = state.read_json(path)
+        except (OSError, state.StateFileError) as err:
+            raise ExposureError(f'{err}; use another --outdir') from None
         if isinstance(old.get('options'), dict):
             for key in ('eps_scaler_k', 'ts_mode'):  # shared by all points in folders made before they were per point
                 if old['options'].get(key) == getattr(SamplerOptions, key):
@@ -186,15 +186,61 @@ def _point_dir(outdir, point):
     return os.path.join(outdir, 'points', point.name)
 
 
+POINT_FIELDS = dict(eps_scaler=float, ts_window=int, ts_cutoff=float, ts_mode=str, eps_scaler_k=float)
+
+
+def point_from_record(record, label):
+    """The GridPoint of a "point" object read back from a result or search file, its fields checked."""
+    if not isinstance(record, dict) or set(record) != set(POINT_FIELDS):
+        raise ExposureError(f'{label}: "point" must be an object with exactly the fields {sorted(POINT_FIELDS)}')
+    try:
+        state.check_fields(record, POINT_FIELDS, f'{label}: point')
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
+    if record['ts_mode'] not in ('clean', 'tsdpm') or record['ts_window'] < 0:
+        raise ExposureError(f'{label}: point has ts_mode {record["ts_mode"]!r}, ts_window {record["ts_window"]}')
+    return GridPoint(**record)
+
+
+RESULT_FIELDS = dict(point=dict, name=str, score=float, num_images=int, options=dict)
+
+
+def read_result(path, label=None):
+    """A grid point's result.json, checked: its fields and their types, a finite score, a point
+    that makes a GridPoint. FileNotFoundError if it is missing; ExposureError (one line) if bad."""
+    try:
+        result = state.check_fields(state.read_json(path), RESULT_FIELDS, label or path)
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
+    point_from_record(result['point'], label or path)
+    if result['num_images'] < 1 or result['score'] < 0:
+        raise ExposureError(f'{label or path}: num_images {result["num_images"]} or score {result["score"]} is out of range')
+    return result
+
+
+def read_features(path, num_images=None, dim=None):
+    """A features.npy of a sweep or search folder: float32 [num_images, dim], finite."""
+    try:
+        return state.read_npy(path, (np.float32,), shape=(num_images, dim))
+    except state.StateFileError as err:
+        raise ExposureError(str(err)) from None
+
+
 def load_point(outdir, point):
-    """(result dict, features [N, D] float32) of a finished grid point, or None."""
+    """(result dict, features [N, D] float32) of a finished grid point, or None if it is not
+    finished (no result.json). A result or feature file that is not what this toolkit writes is
+    ExposureError: a resumed sweep never scores a tampered point."""
     folder = _point_dir(outdir, point)
     try:
-        with open(os.path.join(folder, 'result.json'), encoding='utf8') as f:
-            result = json.load(f)
-        features = np.load(os.path.join(folder, 'features.npy'), allow_pickle=False)
-    except (OSError, ValueError):
+        result = read_result(os.path.join(folder, 'result.json'))
+    except FileNotFoundError:
         return None
+    if point_from_record(result['point'], 'result.json') != point:
+        raise ExposureError(f'{os.path.join(folder, "result.json")}: holds the result of another point')
+    try:
+        features = read_features(os.path.join(folder, 'features.npy'), result['num_images'])
+    except FileNotFoundError:
+        raise ExposureError(f'{folder}: result.json without features.npy; delete the folder to score the point again') from None
     return result, features
 
 
@@ -205,9 +251,9 @@ def finished_points(outdir):
     folder = os.path.join(outdir, 'points')
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         try:
-            with open(os.path.join(folder, name, 'result.json'), encoding='utf8') as f:
-                point = GridPoint(**json.load(f)['point'])
-        except (OSError, ValueError, KeyError, TypeError):
+            path = os.path.join(folder, name, 'result.json')
+            point = point_from_record(read_result(path)['point'], path)
+        except FileNotFoundError:
             continue
         done = load_point(outdir, point)
         if done is not None:
@@ -285,6 +331,10 @@ def sweep_table(points, results, features, ref, replicates=200):
     (b = 1, k = 0 without time shift, when in the grid) with its paired-bootstrap std."""
     baseline = next((n for n, p in enumerate(points) if p.eps_scaler == 1 and not p.eps_scaler_k and not p.ts_on), None)
     sizes = {f.shape[0] for f in features}
+    dims = {f.shape[1] for f in features} | {ref['mu'].shape[0]}
+    if len(dims) != 1:
+        raise ExposureError(f'the grid points and the reference hold features of different dimensions {sorted(dims)}; '
+                            'they must come from the same detector')
     if len(sizes) != 1:
         raise ExposureError('the grid points hold different numbers of images; they must share the seeds')
     std, delta_std = bootstrap(features, ref, baseline, replicates)

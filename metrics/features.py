@@ -128,6 +128,9 @@ def _to_batch(items, dataset, path):
 # Detector outputs.
 
 
+MAX_FEATURE_DIM = 16384  # detector output width: sigma [D, D] float64 is 2 GiB at this width (Inception: 2048)
+
+
 def _features(detector, images, where, dim=None):
     """Return (features [N, D] float64, None) or (None, why the detector output is unusable).
 
@@ -141,6 +144,11 @@ def _features(detector, images, where, dim=None):
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return None, f'{where}: the detector returned {shape} for {images.shape[0]} images; expected features [N, D]'
+    if not 1 <= out.shape[1] <= MAX_FEATURE_DIM:
+        return None, (f'{where}: the detector returned {out.shape[1]} features per image; at most {MAX_FEATURE_DIM} are '
+                      'supported (metrics/features.py MAX_FEATURE_DIM: sigma is D x D float64)')
+    if not out.is_floating_point():
+        return None, f'{where}: the detector returned {out.dtype} features; expected floating-point features'
     if dim is not None and out.shape[1] != dim:
         return None, f'{where}: the detector returned {out.shape[1]} features for these images and {dim} for others'
     out = out.to(torch.float64)

@@ -20,7 +20,7 @@ from safeload.npz import inspect_npz, read_array
 from training.dataset import NpzImageDataset
 
 from .detector import INCEPTION_URL, MetricError, as_metric_error
-from .features import broadcast, compute_feature_stats, leader_first
+from .features import MAX_FEATURE_DIM, broadcast, compute_feature_stats, leader_first
 
 STATS_SOURCES = ('auto', 'stored', 'images')
 CACHE_VERSION = 'edmkit-fid-ref-cache/1'
@@ -99,6 +99,9 @@ def load_stats(ref, features=False, pr_features=False):
         raise MetricError(f'{ref.label}: no {" or ".join(missing)} array (found: {ref.names()})')
     mu_array, sigma_array = ref.arrays['mu'], ref.arrays['sigma']
     dim = mu_array.shape[0] if len(mu_array.shape) == 1 else None
+    if dim is not None and dim > MAX_FEATURE_DIM:
+        raise MetricError(f'{ref.label}: mu has {dim} features; at most {MAX_FEATURE_DIM} are supported '
+                          '(metrics/features.py MAX_FEATURE_DIM)')
     if dim is None or sigma_array.shape != (dim, dim):
         raise MetricError(f'{ref.label}: mu has shape {list(mu_array.shape)} and sigma {list(sigma_array.shape)}; expected [D] and [D, D]')
     out = dict(mu=_read_checked(ref, 'mu', [dim]).astype(np.float64), sigma=_read_checked(ref, 'sigma', [dim, dim]).astype(np.float64))

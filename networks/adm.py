@@ -169,8 +169,74 @@ def _heads(width, flags, up=False):
     return flags.num_heads_upsample if (up and flags.num_heads_upsample != -1) else flags.num_heads
 
 
+# Bounds on a network built from flags, checked before anything is built (docs/safe-loading.md).
+# The published ADM networks are far inside them: ImageNet 512x512 has 7 levels, 2 blocks, width 1024 at most, 559M parameters.
+MAX_IMAGE_SIZE = 4096
+MAX_LEVELS = 12               # --channel_mult entries
+MAX_RES_BLOCKS = 64           # --num_res_blocks
+MAX_WIDTH = 16384             # --num_channels times the largest multiplier
+MAX_CLASSES = 1 << 20         # --num_classes
+MAX_PARAMS = 4_000_000_000    # estimated parameters (16 GB in float32)
+
+
+def estimate_parameters(flags):
+    """An upper estimate of the parameter count of the flags' network, from the flags alone (no
+    module is built): 3x3 convolutions and embedding projections of every residual block,
+    attention projections, the time and class embeddings. Exact to within a few percent."""
+    mult = channel_mult(flags)
+    base = flags.num_channels
+    emb = 4 * base
+    widths = [int(m * base) for m in mult]
+    attention = set(attention_resolutions(flags))
+    emb_out = 2 if flags.use_scale_shift_norm else 1
+
+    def resblock(cin, cout):
+        return 9 * cin * cout + 9 * cout * cout + emb * cout * emb_out + (cin * cout if cin != cout else 0) + 6 * cout
+
+    def attn(width):
+        return 4 * width * width + 6 * width
+
+    total = emb * base + emb * emb + 9 * IMG_CHANNELS * base + 9 * base * IMG_CHANNELS * (2 if flags.learn_sigma else 1)
+    if flags.class_cond:
+        total += (flags.num_classes or NUM_CLASSES) * emb
+    skips, cin = [base], base
+    for level, width in enumerate(widths):
+        for _ in range(flags.num_res_blocks):
+            total += resblock(cin, width) + (attn(width) if (flags.image_size >> level) in attention else 0)
+            cin = width
+            skips.append(cin)
+        if level < len(widths) - 1:
+            total += resblock(cin, cin) if flags.resblock_updown else 9 * cin * cin
+            skips.append(cin)
+    total += 2 * resblock(cin, cin) + attn(cin)
+    for level, width in reversed(list(enumerate(widths))):
+        for _ in range(flags.num_res_blocks + 1):
+            total += resblock(cin + skips.pop(), width) + (attn(width) if (flags.image_size >> level) in attention else 0)
+            cin = width
+        if level > 0:
+            total += resblock(cin, cin) if flags.resblock_updown else 9 * cin * cin
+    return total
+
+
+def _check_bounds(flags):
+    """Refuse flags whose network would be absurdly large before any of it is built."""
+    mult = channel_mult(flags)
+    limits = [('image_size', flags.image_size, MAX_IMAGE_SIZE), ('channel_mult entries', len(mult), MAX_LEVELS),
+              ('num_res_blocks', flags.num_res_blocks, MAX_RES_BLOCKS),
+              ('num_channels x channel_mult', max(int(m * flags.num_channels) for m in mult) if mult else 0, MAX_WIDTH),
+              ('num_classes', flags.num_classes or 0, MAX_CLASSES)]
+    for name, value, limit in limits:
+        if value > limit:
+            raise ADMError(f'--{name} {value} is above the limit of {limit} (networks/adm.py; docs/safe-loading.md)')
+    params = estimate_parameters(flags)
+    if params > MAX_PARAMS:
+        raise ADMError(f'the flags describe a network of about {params:,} parameters, above the limit of {MAX_PARAMS:,} '
+                       '(networks/adm.py MAX_PARAMS; docs/safe-loading.md)')
+
+
 def check_flags(flags):
-    """Raise ADMError (one line) for values guided-diffusion would refuse or could not run."""
+    """Raise ADMError (one line) for values guided-diffusion would refuse or could not run, or
+    that describe a network above the documented bounds."""
     if flags.noise_schedule not in networks.ADM_NOISE_SCHEDULES:
         raise ADMError(f'--noise_schedule must be linear or cosine, got "{flags.noise_schedule}"')
     if flags.predict_xstart:
@@ -214,6 +280,7 @@ def check_flags(flags):
         if width % heads:
             name = '--num_heads_upsample' if up and flags.num_heads_upsample != -1 else '--num_heads'
             raise ADMError(f'attention over {width} channels cannot be split into {heads} heads ({name})')
+    _check_bounds(flags)
 
 
 def network_kwargs(flags, num_classes=None):
@@ -429,6 +496,12 @@ def load_adm_checkpoint(path_or_url, flags):
         state = {name[len('module.'):] if name.startswith('module.') else name: t for name, t in state.items()}
     source = os.path.basename(str(path_or_url)) or str(path_or_url)
     num_classes = num_classes_of(state, flags)
+    check_flags(flags)
+    stored = sum(t.numel() for t in state.values())
+    estimate = estimate_parameters(flags if num_classes is None else dnnlib.EasyDict(flags, num_classes=num_classes))
+    if estimate > 2 * stored + 1_000_000:
+        raise ADMError(f'{source}: the flags describe about {estimate:,} parameters, the checkpoint holds {stored:,} '
+                       '(do the flags match the checkpoint?)')
     with torch.device('meta'):
         check_state_dict(build_network(flags, num_classes), state, source)
     return load_state_dict(build_network(flags, num_classes), state, flags, source=source)

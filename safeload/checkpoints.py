@@ -6,6 +6,7 @@ also takes TS-DPM's checkpoints (a dict, or a list whose first element is the di
 their tensors from the file instead of reading them, so callers check before allocating.
 """
 
+import os
 import zipfile
 
 import torch
@@ -15,6 +16,31 @@ import dnnlib
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (one line, naming the file)."""
+
+
+def check_archive(path, label):
+    """Before torch reads it: the file is a torch.save zip archive whose entries are stored
+    uncompressed (as torch.save writes them) and lie inside the file, so that reading it takes
+    no more memory than the file's size. A compressed entry could inflate to 1000 times its size;
+    the legacy (pre-1.6) format allocates storages of the sizes its records declare."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        magic = f.read(4)
+    if magic != b'PK\x03\x04':
+        raise CheckpointError(f'cannot read {label} as a PyTorch checkpoint (not a torch.save zip archive; files in the '
+                              'legacy format of torch < 1.6 are not read: load and save it again with a newer torch)')
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f'cannot read {label} as a PyTorch checkpoint (truncated or not a torch.save zip file)') from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f'refusing {label}: entry {info.filename} is compressed (torch.save stores entries '
+                                  'uncompressed; a compressed one may inflate far beyond the file)')
+        if info.header_offset + info.file_size > size:
+            raise CheckpointError(f'refusing {label}: entry {info.filename} declares {info.file_size} bytes, past the end '
+                                  f'of the {size}-byte file')
 
 
 def _torch_load(path, source, **kwargs):
@@ -51,6 +77,7 @@ def read_weights_only(path_or_url):
     containers, e.g. an optimizer state dict)."""
     try:
         path = dnnlib.util.open_url(path_or_url, return_filename=True)
+        check_archive(path, path_or_url)
     except OSError as err:  # OpenURLError included
         raise CheckpointError(f'cannot read {path_or_url}: {err}') from None
     return _torch_load(path, path_or_url)
@@ -98,6 +125,7 @@ def read_listed_state_dict(path_or_url):
     except OSError as err:  # OpenURLError included
         raise CheckpointError(f'cannot read {path_or_url}: {err}') from None
     if magic == b'PK\x03\x04':
+        check_archive(path, path_or_url)
         _check_archive(path, path_or_url)
         state = _torch_load(path, path_or_url, mmap=True)
     else:  # torch.save's legacy format (before torch 1.6) cannot be mapped

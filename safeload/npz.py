@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 
 MAX_DEFLATE_RATIO = 1032  # deflate cannot expand data more than this
+MAX_READ_BYTES = 2 << 30  # one array read whole (statistics, labels, features); images are read one at a time
 
 
 class NpzError(ValueError):
@@ -98,8 +99,14 @@ def inspect_npz(path, label=None):
         raise NpzError(f'{label}: not a .npz file or damaged ({reason})') from None
 
 
-def read_array(path, array, label=None):
-    """Return the whole array (after inspect_npz has checked its size)."""
+def read_array(path, array, label=None, max_bytes=None):
+    """Return the whole array (after inspect_npz has checked its size), refusing one larger than
+    `max_bytes` (MAX_READ_BYTES) before it is inflated; compressed arrays are inflated in chunks
+    straight into the result, so the peak is the array itself."""
+    limit = MAX_READ_BYTES if max_bytes is None else max_bytes
+    if array.nbytes > limit:
+        raise NpzError(f'{label or path}: array {array.name} is {array.describe()} ({array.nbytes} bytes), more than '
+                       f'the {limit} bytes read at once (safeload/npz.py MAX_READ_BYTES)')
     try:
         with zipfile.ZipFile(path) as zf, zf.open(array.info) as f:
             return np.lib.format.read_array(f, allow_pickle=False)

@@ -304,6 +304,7 @@ class _Load:
         self.work = 0
         self.work_limit = WORK_BASE + data_len
         self.memo = dict()
+        self.legacy_header = None   # the header bytes of a legacy storage blob that passed the checks
 
     def spend(self, units=1):
         self.work += units
@@ -351,16 +352,20 @@ class _Load:
         """Stands in for torch.storage._load_from_bytes: a storage in torch.save's legacy format."""
         if not isinstance(blob, bytes):
             raise BadPickleError('malformed storage record')
-        pos, header = 0, []
-        for _ in range(3):  # magic number, protocol version, system info
-            end = scan(blob, pos)
-            header.append(self.unpickle(blob, pos, end, {}))
-            pos = end
-        magic, version, info = header
-        if magic != 0x1950a86a20f9469cfc6c or version != 1001 or not isinstance(info, dict):
-            raise BadPickleError('storage is not in torch.save\'s legacy format')
-        if info.get('little_endian') is not True:
-            raise BadPickleError('big-endian storages are not supported')
+        if self.legacy_header is not None and blob.startswith(self.legacy_header):
+            pos = len(self.legacy_header)  # the same bytes as a header already checked in this file
+        else:
+            pos, header = 0, []
+            for _ in range(3):  # magic number, protocol version, system info
+                end = scan(blob, pos)
+                header.append(self.unpickle(blob, pos, end, {}))
+                pos = end
+            magic, version, info = header
+            if magic != 0x1950a86a20f9469cfc6c or version != 1001 or not isinstance(info, dict):
+                raise BadPickleError('storage is not in torch.save\'s legacy format')
+            if info.get('little_endian') is not True:
+                raise BadPickleError('big-endian storages are not supported')
+            self.legacy_header = blob[:pos]
         records = []
 
         def persistent(pid):
@@ -585,6 +590,22 @@ _ELEMENTWISE = frozenset(
        'floor', 'ceil', 'round', 'reciprocal', 'square'])
 
 
+def _broadcast(shapes):
+    """The broadcast of tensor shapes (torch.broadcast_shapes imports sympy on first use)."""
+    out = []
+    for shape in shapes:
+        shape = list(shape)
+        if len(shape) > len(out):
+            out = [1] * (len(shape) - len(out)) + out
+        shape = [1] * (len(out) - len(shape)) + shape
+        for i, n in enumerate(shape):
+            if n != out[i] and n != 1 and out[i] != 1:
+                raise RuntimeError(f'shapes cannot be broadcast ({n} against {out[i]})')
+            if out[i] == 1:
+                out[i] = n
+    return tuple(out)
+
+
 class _ConstructionBudget(TorchFunctionMode):
     """Counts torch calls and created bytes during a dry-run construction on 'meta'; raises
     BadPickleError past the limits. Scalars read from meta tensors read as 0."""
@@ -601,23 +622,48 @@ class _ConstructionBudget(TorchFunctionMode):
         kwargs = kwargs or dict()
         if func in self._SCALAR and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             return self._SCALAR[func]
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        if getattr(func, '__name__', None) in _ELEMENTWISE and tensors and all(t.is_meta and t.numel() <= 1 for t in tensors):
-            # Scalar arithmetic (iDDPM's noise-level recurrence) is 8x cheaper on the CPU than on
-            # 'meta', and counts 1/8; an elementwise function of one-element tensors is as small.
-            self._count(0.125)
-            def cpu(a):
-                return torch.ones(a.shape, dtype=a.dtype, device='cpu') if isinstance(a, torch.Tensor) else a
-            out = func(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
-            return out.to('meta') if isinstance(out, torch.Tensor) else out
+        name = getattr(func, '__name__', None)
+        if (name in _ELEMENTWISE or name == 'outer') and 'out' not in kwargs:
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors and all(t.is_meta for t in tensors):
+                return self._elementwise(func, tensors, args, kwargs)
         self._count(1)
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor):
-            self.bytes += out.numel() * out.element_size()
-            if self.bytes > self.max_bytes:
-                raise BadPickleError(f'building {self.what} from its stored arguments creates more than '
-                                     f'{self.max_bytes} bytes of tensors')
+            self._created(out)
         return out
+
+    def _elementwise(self, func, tensors, args, kwargs):
+        """An elementwise function of meta tensors, without its meta kernel.
+
+        Many meta kernels of elementwise functions are Python reference implementations, slower
+        than the CPU kernel and, on first use, importing torch._dynamo (1.5 s). The result's dtype
+        comes from the function applied to one-element CPU stand-ins of the same dtypes and
+        dimensions, its shape from broadcasting the inputs (for torch.outer, their lengths); scalars (one element) are computed
+        on the CPU, as iDDPM's noise-level recurrence needs. Each counts 1/8 of a call."""
+        self._count(0.125)
+        def cpu(a):
+            return torch.ones([1] * a.dim(), dtype=a.dtype, device='cpu') if isinstance(a, torch.Tensor) else a
+        out = func(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
+        if not isinstance(out, torch.Tensor):
+            return out
+        if func.__name__ == 'outer':
+            if len(tensors) != 2 or any(t.dim() != 1 for t in tensors):
+                raise RuntimeError('outer takes two vectors')
+            shape = (tensors[0].numel(), tensors[1].numel())
+        else:
+            shape = _broadcast(t.shape for t in tensors)
+        if math.prod(shape) <= 1:
+            return out.reshape(shape).to('meta')
+        out = torch.empty(shape, dtype=out.dtype, device='meta')
+        self._created(out)
+        return out
+
+    def _created(self, out):
+        self.bytes += out.numel() * out.element_size()
+        if self.bytes > self.max_bytes:
+            raise BadPickleError(f'building {self.what} from its stored arguments creates more than '
+                                 f'{self.max_bytes} bytes of tensors')
 
     def _count(self, cost):
         self.calls += cost
@@ -635,6 +681,52 @@ def _construct(cls, args, kwargs, what):
         raise BadPickleError(f'cannot build {what} from its stored arguments: {one_line(err)}') from None
 
 
+class _DryRun:
+    """What a dry run found: the torch calls and created bytes it took, the state's shapes and size."""
+    __slots__ = ('calls', 'bytes', 'shapes', 'nbytes')
+
+
+_DRY_RUNS = collections.OrderedDict()   # (class, pickled arguments) -> _DryRun, most recent last
+DRY_RUN_CACHE = 32                      # dry runs remembered per process
+
+
+def _dry_run_key(cls, args, kwargs):
+    try:
+        return cls, pickle.dumps((args, kwargs), protocol=4)
+    except Exception:  # arguments that do not pickle are not cached
+        return None
+
+
+def _dry_run(cls, args, kwargs, what, max_calls, max_bytes):
+    """Build the object on 'meta' under the budget; the outcome is remembered per class and
+    arguments (constructors are this toolkit's code, so the same arguments give the same
+    outcome) and held against the limits of each file again."""
+    key = _dry_run_key(cls, args, kwargs)
+    found = _DRY_RUNS.get(key) if key is not None else None
+    if found is None:
+        budget = _ConstructionBudget(what, max_calls, max_bytes)
+        with torch.device('meta'), budget:
+            dry = _construct(cls, args, kwargs, what)
+        found = _DryRun()
+        found.calls, found.bytes, found.shapes = budget.calls, budget.bytes, None
+        if isinstance(dry, torch.nn.Module):
+            state = dry.state_dict()
+            found.shapes = {k: tuple(t.shape) for k, t in state.items()}
+            found.nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        del dry
+        if key is not None:
+            _DRY_RUNS[key] = found
+            while len(_DRY_RUNS) > DRY_RUN_CACHE:
+                _DRY_RUNS.popitem(last=False)
+    else:
+        _DRY_RUNS.move_to_end(key)
+        if found.calls > max_calls:
+            raise BadPickleError(f'building {what} from its stored arguments takes more than {max_calls} torch operations')
+        if found.bytes > max_bytes:
+            raise BadPickleError(f'building {what} from its stored arguments creates more than {max_bytes} bytes of tensors')
+    return found
+
+
 def build_object(cls, args, kwargs, tensors, max_bytes):
     """Build `cls(*args, **kwargs)` and load `tensors` (its whole state dict) into it.
 
@@ -642,15 +734,14 @@ def build_object(cls, args, kwargs, tensors, max_bytes):
     bytes that grows with `max_bytes` (the size of the file); the object is refused if its
     state needs more than `max_bytes` bytes or does not match `tensors` in keys and shapes.
     Raises BadPickleError with one line."""
+    from torch_utils import persistence
     what = cls.__name__
-    budget = _ConstructionBudget(what, CALLS_BASE + max_bytes // 1000, CREATED_BASE + 16 * max_bytes)
-    with torch.device('meta'), budget:
-        dry = _construct(cls, args, kwargs, what)
-    if isinstance(dry, torch.nn.Module):
-        expected = dry.state_dict()
-        nbytes = sum(t.numel() * t.element_size() for t in expected.values())
-        if nbytes > max_bytes:
-            raise BadPickleError(f'{what} built from its stored arguments needs {nbytes} bytes of weights, more than '
+    with persistence.rebuilding_from_file():
+        dry = _dry_run(cls, args, kwargs, what, CALLS_BASE + max_bytes // 1000, CREATED_BASE + 16 * max_bytes)
+    if dry.shapes is not None:
+        expected = dry.shapes
+        if dry.nbytes > max_bytes:
+            raise BadPickleError(f'{what} built from its stored arguments needs {dry.nbytes} bytes of weights, more than '
                                  f'the {max_bytes}-byte file holds')
         missing = [k for k in expected if k not in tensors]
         unexpected = [k for k in tensors if k not in expected]
@@ -659,13 +750,13 @@ def build_object(cls, args, kwargs, tensors, max_bytes):
         for key, value in tensors.items():
             if not isinstance(value, torch.Tensor):
                 raise BadPickleError(f'stored weight "{key}" of {what} is not a tensor')
-            if tuple(value.shape) != tuple(expected[key].shape):
+            if tuple(value.shape) != expected[key]:
                 raise BadPickleError(f'stored weight "{key}" of {what} has shape {list(value.shape)}, '
-                                     f'expected {list(expected[key].shape)}')
+                                     f'expected {list(expected[key])}')
     elif tensors:
         raise BadPickleError(f'{what} has no weights, but the file stores some')
-    del dry
-    obj = _construct(cls, args, kwargs, what)
+    with persistence.rebuilding_from_file():
+        obj = _construct(cls, args, kwargs, what)
     if isinstance(obj, torch.nn.Module):
         try:
             with torch.no_grad():

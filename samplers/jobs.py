@@ -14,21 +14,27 @@ size or the number of processes.
 """
 
 import concurrent.futures
+import copy
 import dataclasses
 import glob
+import inspect
 import json
 import os
 import shutil
 import time
 
 import numpy as np
+import psutil
 import torch
 import tqdm
 
 import dnnlib
+from safeload import npz, state
 from torch_utils import distributed as dist
+from torch_utils import persistence
 from torch_utils import images as image_io
 
+from .denoisers import StepDependent, at_step
 from .fast import FastPaths
 from .noise import SeedNoise, latents_and_labels
 from .sampler import Sampler, SamplerOptions
@@ -103,12 +109,11 @@ def check_options_record(outdir, record, existing):
     if not existing:
         return
     try:
-        with open(path, encoding='utf8') as f:
-            old = json.load(f)
+        old = state.read_json(path)
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as err:
-        raise GenerateError(f'cannot read {path}: {err}; delete it or pass --no-resume') from None
+    except state.StateFileError as err:
+        raise GenerateError(f'{err}; delete it or pass --no-resume') from None
     # Options added after a folder was made are missing from its record: they had their defaults.
     defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
     current = {**defaults, **json.loads(json.dumps(record))}
@@ -185,6 +190,7 @@ def generate_images(net, seeds, outdir, options=SamplerOptions(), *, subdirs=Fal
         sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)
     check_class(net, class_idx, sampler.label_dim)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
+    check_batch_memory(net, min(max_batch_size, len(seeds)), device)
     counts = dict(written=0, skipped=0)
     start = time.time()
     with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar, \
@@ -225,13 +231,118 @@ def my_batches(seeds, max_batch_size):
     return seeds, mine, num_mine
 
 
+def activation_bytes(net, batch_size):
+    """An estimate of the memory one batch of sampling takes beyond the weights: the UNet's skip
+    connections and working tensors at every level, attention scores, and the solver's float64
+    latents. From the inner model's constructor arguments; None for networks without them."""
+    model = getattr(net, 'model', None)
+    if model is None or not persistence.is_persistent(model):
+        return None
+    try:
+        params = inspect.signature(type(model).__init__).parameters
+        kwargs = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+        kwargs.update(model.init_kwargs)
+        res, base = int(kwargs['img_resolution']), int(kwargs['model_channels'])
+        mult, blocks = [float(m) for m in kwargs['channel_mult']], int(kwargs['num_blocks'])
+        attn = {int(r) for r in kwargs.get('attn_resolutions', ())}
+        per_head = kwargs.get('channels_per_head')
+    except (KeyError, TypeError, ValueError):
+        return None
+    floats, working, scores = 0, 0, 0
+    for level, m in enumerate(mult):
+        r, width = res >> level, int(m * base)
+        floats += 2 * (blocks + 1) * width * r * r  # skips kept by the encoder and the decoder's inputs
+        working = max(working, 6 * width * r * r)
+        if r in attn:
+            heads = max(1, width // int(per_head)) if per_head else int(kwargs.get('num_heads', 1) or 1)
+            scores = max(scores, 2 * heads * (r * r) ** 2)
+    latents = 8 * 6 * net.img_channels * net.img_resolution ** 2
+    return batch_size * (4 * (floats + working + scores) + latents)
+
+
+def available_bytes(device):
+    """Memory free for a batch on `device` (psutil's available memory on the CPU)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == 'cpu':
+        return psutil.virtual_memory().available
+    return None
+
+
+def check_batch_memory(net, batch_size, device, option='--batch'):
+    """Raise JobError (one line) if a batch of `batch_size` cannot fit in the memory available."""
+    need = activation_bytes(net, batch_size)
+    have = available_bytes(device)
+    if need is not None and have is not None and need > have:
+        raise JobError(f'a batch of {batch_size} images needs about {need / 2**30:.1f} GiB on {device}, but '
+                       f'{have / 2**30:.1f} GiB are available; use a smaller {option}')
+
+
 def sample_batch(sampler, net, batch, class_idx=None, device='cpu'):
-    """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds."""
-    noise = SeedNoise(batch, device=device)
-    shape = [net.img_channels, net.img_resolution, net.img_resolution]
-    label_dim = getattr(sampler, 'label_dim', net.label_dim)  # a guided sampler draws labels for its classifier
-    latents, labels = latents_and_labels(noise, shape, label_dim, class_idx, device=device)
-    return sampler(latents, labels, noise.randn_like), labels
+    """(images [N, C, H, W] float64, one-hot labels or None) of one batch of seeds.
+
+    Raises NonFiniteError (one line naming the seeds and the solver step) if the network
+    produced NaN or inf for any image: such images would be written black with exit 0."""
+    def run(seeds, denoiser=None):
+        noise = SeedNoise(seeds, device=device)
+        shape = [net.img_channels, net.img_resolution, net.img_resolution]
+        label_dim = getattr(sampler, 'label_dim', net.label_dim)  # a guided sampler draws labels for its classifier
+        latents, labels = latents_and_labels(noise, shape, label_dim, class_idx, device=device)
+        if denoiser is None:
+            return sampler(latents, labels, noise.randn_like), labels
+        watching = copy.copy(sampler)  # the same sampler, its denoiser seen through the watch
+        watching.denoiser = denoiser
+        return watching(latents, labels, noise.randn_like), labels
+
+    images, labels = run(batch)
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = [seed for seed, ok in zip(batch, finite.tolist()) if not ok]
+        raise NonFiniteError(_non_finite_message(sampler, bad, len(batch), run))
+    return images, labels
+
+
+class NonFiniteError(JobError):
+    """The network produced NaN or inf; the message names the seeds and the step."""
+
+
+class _FiniteWatch(StepDependent):
+    """Passes every evaluation through and remembers the first that returned NaN or inf."""
+
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
+        self.first = None   # (solver step, evaluation within the step, sigma)
+
+    def at_step(self, i):
+        inner = at_step(self.denoiser, i)
+        calls = [0]
+
+        def watched(x, sigma, class_labels=None):
+            out = inner(x, sigma, class_labels)
+            if self.first is None and not bool(torch.isfinite(out).all()):
+                self.first = (i, calls[0], float(torch.as_tensor(sigma, dtype=torch.float64).flatten()[0]))
+            calls[0] += 1
+            return out
+        return watched
+
+
+def _non_finite_message(sampler, bad, batch_size, run):
+    """Name the seeds and, by sampling them again under a watch, the first step that went wrong."""
+    shown = ', '.join(map(str, bad[:10])) + (', ...' if len(bad) > 10 else '')
+    where = ''
+    watch = _FiniteWatch(sampler.denoiser)
+    try:
+        run(bad, watch)
+    except Exception:  # the diagnosis is best effort; the seeds are named either way
+        pass
+    if watch.first is not None:
+        step, call, sigma = watch.first
+        num_steps = sampler.process.num_steps if sampler.options.discrete else len(sampler.sigmas) - 1
+        where = f' at solver step {step + 1} of {num_steps} (evaluation {call + 1} of the step, sigma={sigma:.6g})'
+    return (f'the network produced NaN or infinite values{where} for seed{"s" if len(bad) > 1 else ""} {shown} '
+            f'({len(bad)} of {batch_size} in the batch); nothing was written for them (non-finite weights, or an '
+            f'overflowing float16 path?)')
 
 
 def write_grid(path, outdir, seeds, subdirs=False, max_images=GRID_MAX_IMAGES):
@@ -296,18 +407,33 @@ def _part_path(folder, index):
     return os.path.join(folder, f'part-{index:06d}.npz')
 
 
-def _read_part(path, seeds, shape, conditional):
-    """The (images, labels) of a finished part file, or None if it is missing or incomplete."""
+def _read_part(path, seeds, shape, conditional, label_dim=None):
+    """The (images, labels) of a finished part file, or None if it is missing.
+
+    Part files are written atomically, so one that exists is complete: a part that is not
+    exactly what this run would write (arrays, dtypes, shapes, seeds, labels in range) has
+    been changed since, and is refused with JobError (one line naming it)."""
+    if not os.path.isfile(path):
+        return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if list(data['seeds']) != list(seeds):
-                return None
-            images = data['arr_0']
-            labels = data['arr_1'] if conditional else None
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    if images.dtype != np.uint8 or images.shape != (len(seeds), *shape):
-        return None
+        arrays = npz.inspect_npz(path)
+        wanted = {'arr_0', 'seeds'} | ({'arr_1'} if conditional else set())
+        if set(arrays) != wanted:
+            raise npz.NpzError(f'{path}: holds arrays {sorted(arrays)}, expected {sorted(wanted)}')
+        n = len(seeds)
+        expect = dict(arr_0=(np.uint8, (n, *shape)), seeds=(np.int64, (n,)), arr_1=(np.int64, (n,)))
+        for name, array in arrays.items():
+            dtype, want = expect[name]
+            if array.dtype != np.dtype(dtype) or array.shape != tuple(want) or array.fortran_order:
+                raise npz.NpzError(f'{path}: {name} is {array.describe()}, expected {np.dtype(dtype)} {list(want)}')
+        if not np.array_equal(npz.read_array(path, arrays['seeds']), np.asarray(list(seeds), dtype=np.int64)):
+            raise npz.NpzError(f'{path}: holds other seeds than batch {os.path.basename(path)} of this run')
+        images = npz.read_array(path, arrays['arr_0'])
+        labels = npz.read_array(path, arrays['arr_1']) if conditional else None
+    except npz.NpzError as err:
+        raise JobError(f'{err}; delete the part file (or its folder) to sample it again') from None
+    if labels is not None and label_dim is not None and ((labels < 0) | (labels >= label_dim)).any():
+        raise JobError(f'{path}: holds labels outside 0-{label_dim - 1}; delete the part file to sample it again')
     return images, labels
 
 
@@ -323,10 +449,9 @@ def _check_record(folder, record, resume):
     path = os.path.join(folder, PARTS_RECORD)
     if resume and os.path.isfile(path):
         try:
-            with open(path, encoding='utf8') as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = None
+            old = state.read_json(path)
+        except (FileNotFoundError, state.StateFileError) as err:
+            raise JobError(f'{err}; delete {folder} or pass --resume False') from None
         if old != json.loads(json.dumps(record)):
             raise JobError(f'{folder} holds parts of a run with other options; delete it or pass --resume False')
         return
@@ -347,6 +472,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     seeds, mine, num_mine = my_batches(seeds, max_batch_size)
+    check_batch_memory(net, min(max_batch_size, len(seeds)), device, option='--batch_size')
     shape = [net.img_resolution, net.img_resolution, net.img_channels]
     final = os.path.join(out_dir, name or npz_name(len(seeds), *shape[1:]))
     folder = os.path.join(out_dir, '.' + os.path.basename(final) + '.parts')
@@ -361,7 +487,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar:
         for b in mine:
             batch = batch_of(b)
-            if _read_part(_part_path(folder, b), batch, shape, conditional) is not None:
+            if _read_part(_part_path(folder, b), batch, shape, conditional, net.label_dim) is not None:
                 counts['resumed'] += len(batch)
             else:
                 images, labels = sample_batch(sampler, net, batch, class_idx, device)
@@ -373,7 +499,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     dist.barrier()
 
     def assemble():
-        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional) for b in range(-(-len(seeds) // max_batch_size))]
+        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional, net.label_dim) for b in range(-(-len(seeds) // max_batch_size))]
         if any(part is None for part in parts):
             raise JobError(f'{folder}: a part file is missing or damaged; run again to regenerate it')
         arrays = [np.concatenate([part[0] for part in parts])]

@@ -15,6 +15,7 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import image_sample  # noqa: E402  (needs the repository root on sys.path)
+from torch_utils import cli  # noqa: E402
 
 
 @click.command(context_settings=dict(max_content_width=120))
@@ -35,6 +36,8 @@ def main(**values):
     """
     image_sample.cli_main(values, image_sample.tsdpm_1gpu_name(values))
 
+
+cli.bound_int_options(main)  # 2^70 and the like: one line (issue 26)
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

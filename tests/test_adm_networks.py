@@ -310,10 +310,13 @@ def test_flags_far_larger_than_the_checkpoint_fail_at_once_and_ddp_prefixes_load
     flags = adm.parse_adm_flags(TINY)
     state = random_state(flags)
     torch.save(state, tmp_path / 'model.pt')
-    # 65536 channels would be ~10^11 weights: built on the meta device, refused without allocating them.
-    huge = adm.parse_adm_flags(TINY.replace('--num_channels 32', '--num_channels 65536'))
-    with pytest.raises(adm.ADMError, match=r'time_embed.0.weight has shape \[128, 32\], the flags give \[262144, 65536\]'):
-        adm.load_adm_checkpoint(str(tmp_path / 'model.pt'), huge)
+    # 65536 channels would be ~10^11 weights: refused from the flags alone (networks/adm.py bounds).
+    with pytest.raises(adm.ADMError, match='above the limit of 16384'):
+        adm.parse_adm_flags(TINY.replace('--num_channels 32', '--num_channels 65536'))
+    # Within the bounds but far larger than the file: refused from the estimate, before building.
+    big = adm.parse_adm_flags(TINY.replace('--num_channels 32', '--num_channels 2048'))
+    with pytest.raises(adm.ADMError, match=r'the flags describe about [\d,]+ parameters, the checkpoint holds'):
+        adm.load_adm_checkpoint(str(tmp_path / 'model.pt'), big)
     torch.save({f'module.{k}': v for k, v in state.items()}, tmp_path / 'ddp.pt')  # saved from a DDP wrapper
     a, b = (adm.load_adm_checkpoint(str(tmp_path / name), flags) for name in ('model.pt', 'ddp.pt'))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

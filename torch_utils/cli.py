@@ -37,6 +37,54 @@ FLOAT = FloatRange()                    # any finite float
 MAX_BATCH = 1 << 16                     # images per batch (one generator each); EDM-ES used 512
 
 
+INT_LIMIT = (1 << 63) - 1              # integer options hold int64 values (torch, numpy, seeds)
+
+
+class _BoundedIntRange(click.IntRange):
+    """An integer option's range, narrowed to the int64 range; --help shows the original range."""
+
+    def __init__(self, original):
+        low, high = getattr(original, 'min', None), getattr(original, 'max', None)
+        low = -INT_LIMIT if low is None else max(low, -INT_LIMIT)
+        high = INT_LIMIT if high is None else min(high, INT_LIMIT)
+        super().__init__(min=low, max=high, min_open=getattr(original, 'min_open', False),
+                         max_open=getattr(original, 'max_open', False), clamp=getattr(original, 'clamp', False))
+        self.original = original
+
+    def convert(self, value, param, ctx):
+        number = click.INT.convert(value, param, ctx)
+        if not -INT_LIMIT <= number <= INT_LIMIT:
+            self.fail(f'{value!r} is outside the range of a 64-bit integer', param, ctx)
+        return self.original.convert(number, param, ctx)
+
+    def _describe_range(self):
+        if not isinstance(self.original, click.IntRange):
+            return ''
+        return self.original._describe_range()  # pylint: disable=protected-access
+
+    def get_metavar(self, *args, **kwargs):
+        return self.original.get_metavar(*args, **kwargs)
+
+    def __repr__(self):
+        return repr(self.original)
+
+
+def bound_int_options(command):
+    """Narrow every integer option of a click command (or group, recursively) to int64, so that
+    a value such as 2^70 gets one line instead of an overflow deep in torch or numpy. --help is
+    unchanged. Returns the command."""
+    for sub in getattr(command, 'commands', dict()).values():
+        bound_int_options(sub)
+    for param in command.params:
+        if isinstance(param.type, _BoundedIntRange):
+            continue
+        if isinstance(param.type, click.IntRange):
+            param.type = _BoundedIntRange(param.type)
+        elif param.type is click.INT:
+            param.type = _BoundedIntRange(click.INT)
+    return command
+
+
 class DeviceType(click.ParamType):
     """A torch device name that exists on this machine (cpu, cuda, cuda:1, ...)."""
     name = 'device'

@@ -10,6 +10,7 @@ Executing stored source runs whatever code a pickle contains: only load pickles 
 or use the restricted loader of this toolkit, which rebuilds known classes instead.
 """
 
+import contextlib
 import copy
 import inspect
 import io
@@ -25,6 +26,19 @@ _decorators = set()             # The generated persistent classes.
 _import_hooks = []              # Functions meta -> meta run before reconstructing.
 _src_of_module = dict()         # module -> source text
 _module_of_src = dict()         # source text -> module
+_rebuilding = [0]               # > 0 while objects are rebuilt from arguments read from a file
+
+
+@contextlib.contextmanager
+def rebuilding_from_file():
+    """Within this context, constructors skip the construction-time pickle check: arguments
+    read from a pickle are pickleable by construction, and the check pickles each module's whole
+    state, which costs more than building the network."""
+    _rebuilding[0] += 1
+    try:
+        yield
+    finally:
+        _rebuilding[0] -= 1
 
 #----------------------------------------------------------------------------
 
@@ -93,7 +107,8 @@ def persistent_class(orig_class):
             keep = getattr(self, '_record_init_args', True)
             self._init_args = copy.deepcopy(args) if keep else None
             self._init_kwargs = copy.deepcopy(kwargs) if keep else None
-            _assert_cheaply_pickleable(self.__reduce__())
+            if not _rebuilding[0]:
+                _assert_cheaply_pickleable(self.__reduce__())
 
         @property
         def init_args(self):

@@ -261,6 +261,10 @@ class NpzSource(ImageSource):
         except npz.NpzError as err:
             raise DatasetToolError(str(err)) from None
         n = len(self.dataset)
+        channels = self.dataset.image_shape[0]
+        if channels not in (1, 3):
+            raise DatasetToolError(f'{path}: arr_0 holds {channels}-channel images; only grayscale (1) or RGB (3) '
+                                   'can be converted')
         if labels is not None:
             if labels.shape != (n,) or labels.dtype.kind not in 'iu' or (n and not 0 <= labels.min() <= labels.max() < LABEL_LIMIT):
                 raise DatasetToolError(f'{path}: arr_1 must hold {n} integer labels from 0 to {LABEL_LIMIT - 1}, '

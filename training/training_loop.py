@@ -11,6 +11,7 @@ images seen): it repeats on resume but depends on the process layout.
 
 import copy
 import json
+import math
 import os
 import re
 import pickle
@@ -99,7 +100,37 @@ def load_state_dump(path):
         raise ValueError(f'{path} is not a readable training state ({err})') from None
     if not isinstance(data, dict) or data.get('format') != STATE_FORMAT:
         raise ValueError(f'{path} is not a training state dump of this toolkit')
+    _check_state_dump(data, path)
     return data
+
+
+def _check_state_dump(data, path):
+    """Refuse a state dump whose fields are not what training_loop writes (one line, ValueError)."""
+    for key in ('cur_nimg', 'cur_tick', 'seed', 'batch_size'):
+        value = data.get(key)
+        if type(value) is not int or value < 0 or value >= 1 << 62:
+            raise ValueError(f'{path}: "{key}" is {value!r}, not a non-negative integer')
+    if data['batch_size'] < 1:
+        raise ValueError(f'{path}: "batch_size" is {data["batch_size"]}')
+    for key in ('net', 'ema'):
+        tensors = data.get(key)
+        if not isinstance(tensors, dict) or not tensors or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+            raise ValueError(f'{path}: "{key}" is not a state dict of tensors')
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f'{path}: "{key}.{bad[0]}" holds NaN or infinite values')
+    optimizer = data.get('optimizer_state')
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get('state'), dict) or \
+            not isinstance(optimizer.get('param_groups'), list):
+        raise ValueError(f'{path}: "optimizer_state" is not an optimizer state dict')
+    for group in optimizer['param_groups']:
+        if not isinstance(group, dict) or not all(isinstance(v, (int, float, bool, str, list, tuple, type(None)))
+                                                  for v in group.values()):
+            raise ValueError(f'{path}: "optimizer_state" has a malformed parameter group')
+        for name in ('lr', 'eps'):
+            if name in group and (not isinstance(group[name], (int, float)) or not math.isfinite(group[name])):
+                raise ValueError(f'{path}: optimizer "{name}" is {group[name]!r}')
 
 
 def _memory_fields(device):
