@@ -15,7 +15,8 @@ import tempfile
 import click
 
 from samplers import Sampler, SamplerOptionError
-from samplers.cli_options import SAMPLER_OPTIONS, options_from_cli, sampler_options  # noqa: F401
+from samplers import nfe as nfe_rule
+from samplers.cli_options import SAMPLER_OPTIONS, chosen_by, options_from_cli, sampler_options  # noqa: F401
 from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import cli
@@ -80,7 +81,7 @@ def _describe(fast):
 
 
 def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_batch_size=64, device=None,
-        resume=True, grid=None, allow_pickle_code=None, fast=FastPaths()):
+        resume=True, grid=None, allow_pickle_code=None, fast=FastPaths(), chosen_by=None):
     """The command line's work inside a torchrun process group (or a single process)."""
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
@@ -101,7 +102,9 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         check_class(net, class_idx)
         sampler = Sampler(net, options, device=device, fast=fast)  # every option checked against the network
         # Only now, with the network loaded and the options valid, is anything written.
-        record = options_record(network, class_idx, options, fast)
+        record = options_record(network, class_idx, options, fast, chosen_by)
+        if chosen_by is not None:
+            dist.print0(f'{chosen_by}: {nfe_rule.describe(options)}')
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         steps = (f'respacing "{options.timestep_respacing}"' if options.discrete and options.respacing is not None
                  else f'{options.num_steps} steps')
@@ -188,7 +191,8 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
         options = options_from_cli(sampler_kwargs)
         fast = FastPaths(channels_last=channels_last, autocast=autocast, compile=compile_backend)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
-            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast)
+            device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast,
+            chosen_by=chosen_by(sampler_kwargs))
     except (GenerateError, SamplerOptionError, FastPathError, TimeShiftError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line

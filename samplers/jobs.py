@@ -87,12 +87,17 @@ def split_batches(seeds, max_batch_size):
 # Resuming: a record of the options next to the images.
 
 
-def options_record(network, class_idx, options, fast=FastPaths()):
+NOT_COMPARED = ('chosen_by',)  # options-record keys that do not change the pixels
+
+
+def options_record(network, class_idx, options, fast=FastPaths(), chosen_by=None):
     """What decides the pixels of an image besides its seed. Fast paths that may move pixels
-    are listed only when on, so records written before they existed still match."""
+    are listed only when on, so records written before they existed still match. `chosen_by`
+    (e.g. '--nfe=5') says what picked the sampler options; it is not compared on resume."""
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
-    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
+    record = dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record())
+    return record if chosen_by is None else dict(record, chosen_by=chosen_by)
 
 
 def check_options_record(outdir, record, existing):
@@ -111,7 +116,8 @@ def check_options_record(outdir, record, existing):
     defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
     current = {**defaults, **json.loads(json.dumps(record))}
     old = {**defaults, **old}
-    changed = [key for key in list(current) + [k for k in old if k not in current] if old.get(key) != current.get(key)]
+    changed = [key for key in list(current) + [k for k in old if k not in current]
+               if old.get(key) != current.get(key) and key not in NOT_COMPARED]
     if changed:
         key = changed[0]
         raise GenerateError(f'{outdir} holds images generated with {key}={old.get(key)!r}, not {current.get(key)!r}; '
