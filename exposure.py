@@ -13,44 +13,18 @@ import click
 
 import dnnlib
 from analysis.calibration import FITS, calibrate, describe_calibration, record_steps
-from analysis.common import ExposureError, describe_sampler
+from analysis.common import ExposureError, describe_sampler, load_network, open_dataset
 from analysis.norms import format_norms, measure_norms, norms_record, read_norms, training_labels, training_pool, write_norms
 from analysis.plots import _figure, plot_norms  # noqa: F401  (_figure: whether matplotlib is installed)
+from analysis.schedule import format_schedule, search_schedule
 from analysis.search import format_search, run_search
 from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_slopes, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
 from metrics.detector import INCEPTION_URL, MetricError
-from samplers import SamplerOptionError, SamplerOptions, cli_options, jobs
-from samplers.sampler import TSDPM_DEFAULT_CUTOFF
+from samplers import SamplerOptionError, cli_options, jobs
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
-from safeload import networks as loader
-from training.dataset import ImageFolderDataset
-
-#----------------------------------------------------------------------------
-# Command line.
-
-
-def _load_network(network, device, allow_pickle_code):
-    if network is None:
-        network = jobs.DEFAULT_NETWORK
-    try:
-        net = dist.leader_first(lambda: loader.load_network(network, device=device, allow_pickle_code=allow_pickle_code),
-                                loader.NetworkLoadError)
-    except loader.NetworkLoadError as err:
-        raise ExposureError(str(err)) from None
-    return network, net
-
-
-def _open_dataset(path):
-    if not os.path.exists(path):
-        raise ExposureError(f'--data {path}: no such file or folder')
-    try:
-        return ImageFolderDataset(path, use_labels=True)
-    except (IOError, ValueError) as err:
-        raise ExposureError(f'--data {path}: {str(err).splitlines()[0]}') from None
-
 
 ERRORS = (ExposureError, jobs.GenerateError, SamplerOptionError, TimeShiftError, MetricError, dist.DeviceError)
 MAX_SEEDS = 1_000_000    # norms and sweeps keep per-seed arrays in memory (generate.py streams any number)
@@ -91,13 +65,6 @@ def _common_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
-
-
-def _options(**kwargs):
-    given = {key: value for key, value in kwargs.items() if value is not None}
-    if 'ts_cutoff' not in given and given.get('ts_mode') == 'tsdpm':
-        given['ts_cutoff'] = TSDPM_DEFAULT_CUTOFF  # as generate.py: TS-DPM-ADM's default, an original timestep
-    return SamplerOptions(**given)
 
 
 @click.group(context_settings=dict(max_content_width=120))
@@ -149,8 +116,9 @@ def main():
         --timestep_respacing=5 --eps_scaler=1:1.02:0.005 --ts=off,5:0.5,tsdpm:80:300 --ref=out/cifar10-ref.npz
 
     \b
-    # 2 processes (GPUs, or CPU processes with gloo)
-    torchrun --standalone --nproc_per_node=2 exposure.py norms --data=datasets/mnist-32x32.zip --outdir=out/n
+    # Levels and solver for 5 evaluations (GITS-style search), then sampling with them
+    python exposure.py schedule --nfe=5 --out=out/schedule5.json
+    python generate.py --outdir=out/s5 --seeds=0-999 --nfe=5 --schedule=out/schedule5.json
     """
 
 
@@ -164,11 +132,11 @@ def main():
 def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, data_path, outdir, **sampler_kwargs):
     """Mean ||eps||_2 at every network evaluation: sampling vs training images."""
     def work(device):
-        options = _options(**sampler_kwargs)
+        options = cli_options.options_from_cli(sampler_kwargs)
         options.check()
         seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
-        dataset = _open_dataset(data_path)
-        label, net = _load_network(network, device, allow_pickle_code)
+        dataset = open_dataset(data_path)
+        label, net = load_network(network, device, allow_pickle_code)
         jobs.check_class(net, class_idx)
         training_pool(training_labels(net, dataset), len(dataset), class_idx)  # fails here rather than after the message
         dist.print0(f'Measuring ||eps|| for {len(seed_list)} seeds, {describe_sampler(options)}, '
@@ -182,7 +150,6 @@ def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
             print(format_norms(record))
             print(f'Wrote {", ".join(paths)}' + (f', {png}' if png else ' (matplotlib is not installed: no plot)'))
     _cli(work, distributed=True, device=device)
-
 
 
 @main.command(name='calibrate')
@@ -236,14 +203,14 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
     images spent. Points already scored in the folder are reused.
     """
     def work(device):
-        base = _options(**sampler_kwargs)
+        base = cli_options.options_from_cli(sampler_kwargs)
         base.check()
         points = grid_points(parse_scalers(scalers), parse_ts(ts_text), parse_slopes(slopes))
         seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
         name = score_name or ('FID' if detector_url == INCEPTION_URL else 'FD')
         if search and (len(parse_ts(ts_text)) != 1 or len(parse_slopes(slopes)) != 1 or keep_images):
             raise ExposureError('--search takes one --ts setting, one --eps_scaler_k and no --keep-images')
-        label, net = _load_network(network, device, allow_pickle_code)
+        label, net = load_network(network, device, allow_pickle_code)
         if search:
             doc = run_search(net, label, seed_list, outdir, parse_scalers(scalers), ref_path, ts=parse_ts(ts_text)[0],
                              eps_scaler_k=parse_slopes(slopes)[0], base=base,
@@ -260,6 +227,24 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         dist.print0(format_sweep(rows, name))
         dist.print0(f'Wrote {os.path.join(outdir, "sweep.csv")}, sweep.json and sweep.png')
     _cli(work, distributed=True, device=device)
+
+
+@main.command()
+@_common_options
+@click.option('--nfe', help='Network evaluations per image', metavar='INT', type=click.IntRange(min=2), required=True)
+@click.option('--out', help='Schedule file to write (JSON; also OUT.png, and OUT.work/ to resume)', metavar='JSON', type=str, required=True)
+@click.option('--grid', 'grid_size', help='Candidate levels (Karras, rho 7, 80 to 0.002)', metavar='INT', type=click.IntRange(min=2, max=1000), default=64, show_default=True)
+@click.option('--substeps', help='Reference Heun steps between candidate levels', metavar='INT', type=click.IntRange(min=1, max=100), default=3, show_default=True)
+def schedule(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, nfe, out, grid_size, substeps):
+    """Search the levels and solver for --nfe evaluations against reference trajectories (analysis/schedule.py)."""
+    def work():
+        label, net = load_network(network, device or 'cpu', allow_pickle_code)
+        seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
+        doc = search_schedule(net, nfe, seed_list, out, grid_size=grid_size, substeps=substeps, max_batch_size=max_batch_size,
+                              device=device or 'cpu', network=label)
+        print(format_schedule(doc))
+        print(f'Wrote {out}' + (f', {doc["plot"]}' if doc['plot'] else ' (matplotlib is not installed: no plot)'))
+    _cli(work)
 
 
 @main.command()
