@@ -32,6 +32,7 @@ IPNDM_WEIGHTS = ((1,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -
 def _unipc_weights(h, ratios, order, variant):
     """(B(h), b [..., order]) of UniPC: b_k = (k-1)! phi_{k+1}(h) / B(h) for the data prediction
     (in -h), and the ratios r_k as R [..., order, order] with rows r^(k-1)."""
+    ratios = torch.broadcast_tensors(*ratios)  # per-sample levels (time shift) in any of them
     hh = -h
     h_phi_1 = torch.expm1(hh)
     b_h = hh if variant == 'bh1' else h_phi_1
@@ -43,7 +44,8 @@ def _unipc_weights(h, ratios, order, variant):
         b.append(h_phi_k * factorial / b_h)
         factorial *= k + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    return h_phi_1, b_h, torch.stack(rows, dim=-2), torch.stack(b, dim=-1)
+    R = torch.stack(rows, dim=-2)
+    return h_phi_1, b_h, R, torch.stack(b, dim=-1).expand(R.shape[:-1])
 
 
 def _unipc_update(x, sigma, sigma_next, history, order, variant, denoised_next=None):

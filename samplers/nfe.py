@@ -47,10 +47,10 @@ def options_for(nfe=None, given=None, schedule=None):
         chosen = from_schedule(schedule)
     else:
         chosen = recommend(nfe)
-    if any(name in given for name in LEVEL_OPTIONS):
-        chosen.pop('levels', None)  # explicit levels options replace the recommended levels
-        if 'levels' not in chosen and schedule is not None:
-            chosen.pop('num_steps', None)
+    clash = [name for name in LEVEL_OPTIONS if name in given]
+    if schedule is not None and clash:
+        flag = dict(num_steps='steps', respacing='timestep_respacing').get(clash[0], clash[0])
+        raise SamplerOptionError(f'--{flag} and the schedule file both choose the levels; give one')
     if given.get('solver', chosen['solver']) not in WITH_ORDER:
         chosen.pop('order', None)
     if schedule is None and 'solver' in given and given['solver'] != chosen['solver']:
