@@ -140,7 +140,7 @@ def main(network, detector, ref, out, seeds, nfes, names, sigma_mins, rhos, nfe_
         kd = kdiffusion_sampling()
         points = []
         for nfe in nfes:
-            for name in names.split(','):
+            for name in [n for n in names.split(',') if n]:
                 if name in PEERS and kd is None:
                     continue
                 for rho in [float(r) for r in rhos.split(',')]:

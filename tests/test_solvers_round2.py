@@ -353,7 +353,7 @@ def test_dynamic_programme_finds_the_exhaustive_optimum():
     assert (final - exact).abs().max() < 1e-3  # the reference trajectory is accurate
     for n in (2, 3, 4, 5):
         path, total = best_path(costs, ends, n)
-        brute = min((sum(costs[a, b] for a, b in zip((0,) + rest, rest)) + ends[(0,) + rest][-1], (0,) + rest)
+        brute = min((sum(costs[a, b] for a, b in zip((0,) + rest, rest)) + ends[((0,) + rest)[-1]], (0,) + rest)
                     for rest in itertools.combinations(range(1, 12), n - 1))
         assert path == list(brute[1]) and math.isclose(total, brute[0], rel_tol=1e-12)
 
