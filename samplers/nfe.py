@@ -12,12 +12,11 @@ import dataclasses
 from .sampler import SamplerOptionError, SamplerOptions
 from .solvers import WITH_ORDER
 
-# N -> (solver, order, sigma_min); the last entry serves every larger N.
+# N -> (solver, order, sigma_min); an entry serves every N up to the next one. Measured at N = 4,
+# 5, 6, 10 (docs/solvers.md); N = 2, 3 take the N = 4 entry unmeasured.
 RULE = {
-    2: ('unipc-bh2', 2, 0.2),
-    4: ('unipc-bh2', 3, 0.2),
-    6: ('unipc-bh2', 3, 0.1),
-    8: ('unipc-bh2', 3, 0.05),
+    2: ('unipc-bh2', 3, 0.05),
+    5: ('deis', 3, 0.15),
 }
 RULE_RHO = 7.0
 LEVEL_OPTIONS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'disc', 'respacing')

@@ -299,7 +299,8 @@ def test_explicit_options_override_the_rule():
     run = lambda *args: json.loads(CliRunner().invoke(cmd, list(args), catch_exceptions=False).output)  # noqa: E731
     rule = nfe_rule.recommend(6)
     assert run('--nfe=6') == dict(num_steps=6, sigma_min=rule['sigma_min'], rho=7.0, solver=rule['solver'], order=rule['order'])
-    assert run('--nfe=6', '--solver=deis') == dict(num_steps=6, sigma_min=rule['sigma_min'], rho=7.0, solver='deis', order=None)
+    assert run('--nfe=6', '--solver=dpmpp2m') == dict(num_steps=6, sigma_min=rule['sigma_min'], rho=7.0, solver='dpmpp2m', order=None)
+    assert run('--nfe=6', '--solver=unipc-bh1')['order'] is None  # the rule's order belongs to its solver
     assert run('--nfe=6', '--sigma_min=0.002')['sigma_min'] == 0.002
     assert run('--nfe=6', '--order=2')['order'] == 2
     assert run('--steps=6') == dict(num_steps=6, sigma_min=None, rho=7.0, solver='heun', order=None)  # no --nfe: as before
