@@ -34,7 +34,7 @@ from metrics.detector import load_detector  # noqa: E402
 from metrics.reference import load_reference  # noqa: E402
 from safeload.networks import load_network  # noqa: E402
 from samplers import Sampler, SamplerOptions, SeedNoise, latents_and_labels, noise_levels, with_zero  # noqa: E402
-from samplers import nfe as nfe_rule  # noqa: E402
+from samplers import nfe as nfe_module  # noqa: E402
 from torch_utils.images import to_uint8  # noqa: E402
 
 OURS = {'deis3': dict(solver='deis', order=3), 'unipc-bh1': dict(solver='unipc-bh1', order=3),
@@ -155,11 +155,11 @@ def main(network, detector, ref, out, seeds, nfes, names, sigma_mins, rhos, nfe_
             if key in results:
                 continue
             if name == 'nfe-rule':
-                options = nfe_rule.options_for(nfe)
+                options = nfe_module.options_for(nfe)
                 sample = ours_sampler(net, options)
             elif name == 'searched':
                 found = json.load(open(schedules))
-                options = nfe_rule.options_for(nfe, schedule=found)
+                options = nfe_module.options_for(nfe, schedule=found)
                 sample = ours_sampler(net, options)
             elif name in PEERS:
                 sample = peer_sampler(net, kd, name, karras(net, peer_steps(name, nfe), sigma_min, rho))
