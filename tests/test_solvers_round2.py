@@ -302,7 +302,7 @@ def test_explicit_options_override_the_rule():
     assert run('--nfe=6', '--solver=dpmpp2m') == dict(num_steps=6, sigma_min=rule['sigma_min'], rho=7.0, solver='dpmpp2m', order=None)
     assert run('--nfe=6', '--solver=unipc-bh1')['order'] is None  # the rule's order belongs to its solver
     assert run('--nfe=6', '--sigma_min=0.002')['sigma_min'] == 0.002
-    assert run('--nfe=6', '--order=2')['order'] == 2
+    assert run('--nfe=6', '--solver=deis', '--order=2')['order'] == 2
     assert run('--steps=6') == dict(num_steps=6, sigma_min=None, rho=7.0, solver='heun', order=None)  # no --nfe: as before
 
 
