@@ -55,7 +55,7 @@ SAMPLING_FLAGS = dict(
     device=(None, 'Torch device  [default: this rank\'s GPU, else cpu]'),
     resume=(True, 'Reuse the finished batches of a killed run with the same options'),
     solver=(None, 'Another solver over the same respaced timesteps (dpmpp2m, deis, ...; docs/solvers.md)  [default: ddpm/ddim]'),
-    order=(None, 'Order of --solver dpmsolver|dpmsolver-ref|deis  [default: 3]'),
+    order=(None, 'Order of --solver dpmsolver|dpmsolver-ref|deis|unipc-bh1|unipc-bh2  [default: 3]'),
 )
 HIDDEN_FLAGS = ('gpu_id', 'data_type', 'model_type', 'data_dir', 'classifier_path', 'classifier_scale', 'lr',
                 'microbatch', 'ema_rate', 'log_interval', 'save_interval', 'resume_checkpoint', 'schedule_sampler',

@@ -391,3 +391,26 @@ def test_schedule_command_is_deterministic_and_resumes(tmp_path):
     result = CliRunner().invoke(generate.main, [f'--network={path}', f'--outdir={tmp_path / "o"}', '--seeds=0-1', '--device=cpu',
                                                 f'--schedule={tmp_path / "b.json"}'], prog_name='generate.py')
     assert result.exit_code == 0 and '(4 evaluations each)' in result.output, result.output
+
+#----------------------------------------------------------------------------
+# On an ADM network's respaced grid.
+
+
+@pytest.mark.parametrize('name', NEW)
+def test_on_adm_respaced_levels(name):
+    from adm_helpers import tiny_adm
+    from test_adm_sampling import SMALL
+    adm_net = tiny_adm(SMALL)[0]
+    calls = []
+    adm_net.register_forward_hook(lambda module, args, output: calls.append(1))
+    options = SamplerOptions(solver=name, respacing='ddim6', eps_scaler=1.01, ts_window=3, ts_cutoff=0.5)
+    sampler = Sampler(adm_net, options)
+    assert sampler.sigmas.tolist()[:-1] == adm_net.sigmas[list(sampler_timesteps(adm_net, 'ddim6'))].flip(0).tolist()
+    lat, labels, noise = draw(adm_net, [0, 1])
+    out = sampler(lat, labels, noise.randn_like)
+    assert len(calls) == options.nfe == evaluations(name, 6) and bool(torch.isfinite(out).all())
+
+
+def sampler_timesteps(net, respacing):
+    from samplers import discrete
+    return discrete.respace(net.alpha_bar.cpu().numpy(), respacing).timesteps
