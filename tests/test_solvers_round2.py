@@ -289,7 +289,7 @@ def test_nfe_on_the_command_line(tmp_path, monkeypatch):
 
 
 def test_explicit_options_override_the_rule():
-    from samplers.cli_options import SAMPLER_OPTIONS, options_from_cli  # noqa: F401
+    from samplers.cli_options import options_from_cli
     import click
 
     @click.command()
