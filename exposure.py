@@ -10,10 +10,12 @@ import os
 
 import click
 
+import dnnlib
 from analysis.calibration import FITS, calibrate, describe_calibration, record_steps, write_calibration
-from analysis.common import ExposureError, describe_sampler
+from analysis.common import ExposureError, describe_sampler, load_network, open_dataset
 from analysis.norms import format_norms, measure_norms, norms_record, read_norms, training_labels, training_pool, write_norms
 from analysis.plots import _figure, plot_norms  # noqa: F401  (_figure: whether matplotlib is installed)
+from analysis.schedule import format_schedule, search_schedule
 from analysis.search import format_search, run_search
 from analysis.sweep import format_sweep, grid_points, parse_scalers, parse_slopes, parse_ts, run_sweep
 from metrics import classifier as digit_classifier
@@ -24,32 +26,6 @@ from samplers import guidance as guidance_lib
 from samplers.time_shift import TimeShiftError
 from torch_utils import cli
 from torch_utils import distributed as dist
-from safeload import networks as loader
-from training.dataset import ImageFolderDataset
-
-#----------------------------------------------------------------------------
-# Command line.
-
-
-def _load_network(network, device, allow_pickle_code):
-    if network is None:
-        network = jobs.DEFAULT_NETWORK
-    try:
-        net = dist.leader_first(lambda: loader.load_network(network, device=device, allow_pickle_code=allow_pickle_code),
-                                loader.NetworkLoadError)
-    except loader.NetworkLoadError as err:
-        raise ExposureError(str(err)) from None
-    return network, net
-
-
-def _open_dataset(path):
-    if not os.path.exists(path):
-        raise ExposureError(f'--data {path}: no such file or folder')
-    try:
-        return ImageFolderDataset(path, use_labels=True)
-    except (IOError, ValueError) as err:
-        raise ExposureError(f'--data {path}: {str(err).splitlines()[0]}') from None
-
 
 ERRORS = (ExposureError, jobs.GenerateError, SamplerOptionError, TimeShiftError, MetricError, dist.DeviceError)
 MAX_SEEDS = 1_000_000    # norms and sweeps keep per-seed arrays in memory (generate.py streams any number)
@@ -141,8 +117,9 @@ def main():
         --timestep_respacing=5 --eps_scaler=1:1.02:0.005 --ts=off,5:0.5,tsdpm:80:300 --ref=out/cifar10-ref.npz
 
     \b
-    # 2 processes (GPUs, or CPU processes with gloo)
-    torchrun --standalone --nproc_per_node=2 exposure.py norms --data=datasets/mnist-32x32.zip --outdir=out/n
+    # Levels and solver for 5 evaluations (GITS-style search), then sampling with them
+    python exposure.py schedule --nfe=5 --out=out/schedule5.json
+    python generate.py --outdir=out/s5 --seeds=0-999 --nfe=5 --schedule=out/schedule5.json
     """
 
 
@@ -159,8 +136,8 @@ def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         options = cli_options.options_from_cli(sampler_kwargs)
         options.check()
         seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
-        dataset = _open_dataset(data_path)
-        label, net = _load_network(network, device, allow_pickle_code)
+        dataset = open_dataset(data_path)
+        label, net = load_network(network, device, allow_pickle_code)
         jobs.check_class(net, class_idx)
         training_pool(training_labels(net, dataset), len(dataset), class_idx)  # fails here rather than after the message
         dist.print0(f'Measuring ||eps|| for {len(seed_list)} seeds, {describe_sampler(options)}, '
@@ -174,7 +151,6 @@ def norms(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
             print(format_norms(record))
             print(f'Wrote {", ".join(paths)}' + (f', {png}' if png else ' (matplotlib is not installed: no plot)'))
     _cli(work, distributed=True, device=device)
-
 
 
 @main.command(name='calibrate')
@@ -230,7 +206,7 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         name = score_name or ('FID' if detector_url == INCEPTION_URL else 'FD')
         if search and (len(parse_ts(ts_text)) != 1 or len(parse_slopes(slopes)) != 1 or keep_images):
             raise ExposureError('--search takes one --ts setting, one --eps_scaler_k and no --keep-images')
-        label, net = _load_network(network, device, allow_pickle_code)
+        label, net = load_network(network, device, allow_pickle_code)
         try:
             guidance = guidance_lib.guidance_from_options(classifier, classifier_scale, classifier_flags,
                                                           net.img_resolution, device)
@@ -252,6 +228,24 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
         dist.print0(format_sweep(rows, name))
         dist.print0(f'Wrote {os.path.join(outdir, "sweep.csv")}, sweep.json and sweep.png')
     _cli(work, distributed=True, device=device)
+
+
+@main.command()
+@_common_options
+@click.option('--nfe', help='Network evaluations per image', metavar='INT', type=click.IntRange(min=2), required=True)
+@click.option('--out', help='Schedule file to write (JSON; also OUT.png, and OUT.work/ to resume)', metavar='JSON', type=str, required=True)
+@click.option('--grid', 'grid_size', help='Candidate levels (Karras, rho 7, 80 to 0.002)', metavar='INT', type=click.IntRange(min=2, max=1000), default=64, show_default=True)
+@click.option('--substeps', help='Reference Heun steps between candidate levels', metavar='INT', type=click.IntRange(min=1, max=100), default=3, show_default=True)
+def schedule(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, nfe, out, grid_size, substeps):
+    """Search the levels and solver for --nfe evaluations against reference trajectories (analysis/schedule.py)."""
+    def work():
+        label, net = load_network(network, device or 'cpu', allow_pickle_code)
+        seed_list = list(jobs.parse_seeds(seeds, max_count=MAX_SEEDS))
+        doc = search_schedule(net, nfe, seed_list, out, grid_size=grid_size, substeps=substeps, max_batch_size=max_batch_size,
+                              device=device or 'cpu', network=label)
+        print(format_schedule(doc))
+        print(f'Wrote {out}' + (f', {doc["plot"]}' if doc['plot'] else ' (matplotlib is not installed: no plot)'))
+    _cli(work)
 
 
 @main.command()

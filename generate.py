@@ -17,7 +17,8 @@ import click
 from networks import adm
 from samplers import Sampler, SamplerOptionError
 from samplers import guidance as guidance_lib
-from samplers.cli_options import SAMPLER_OPTIONS, options_from_cli, sampler_options  # noqa: F401
+from samplers import nfe as nfe_rule
+from samplers.cli_options import SAMPLER_OPTIONS, chosen_by, options_from_cli, sampler_options  # noqa: F401
 from samplers.time_shift import TimeShiftError
 from samplers.fast import FastPathError, FastPaths
 from torch_utils import cli
@@ -91,7 +92,7 @@ def _load_guidance(classifier, classifier_scale, classifier_flags, net, device):
 
 def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_batch_size=64, device=None,
         resume=True, grid=None, allow_pickle_code=None, fast=FastPaths(), classifier=None, classifier_scale=None,
-        classifier_flags=None):
+        classifier_flags=None, chosen_by=None):
     """The command line's work inside a torchrun process group (or a single process)."""
     options.check()
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else seeds
@@ -116,7 +117,9 @@ def run(network, outdir, seeds, options, *, subdirs=False, class_idx=None, max_b
         sampler = Sampler(net, options, device=device, fast=fast, guidance=guidance)  # every option checked against the network
         check_class(net, class_idx, sampler.label_dim)
         # Only now, with the network loaded and the options valid, is anything written.
-        record = options_record(network, class_idx, options, fast, guidance)
+        record = options_record(network, class_idx, options, fast, guidance, chosen_by)
+        if chosen_by is not None:
+            dist.print0(f'{chosen_by}: {nfe_rule.describe(options)}')
         _on_rank0(lambda: _record_options(outdir, seeds, subdirs, resume, record))
         steps = (f'respacing "{options.timestep_respacing}"' if options.discrete and options.respacing is not None
                  else f'{options.num_steps} steps')
@@ -206,7 +209,8 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, resume, gri
         fast = FastPaths(channels_last=channels_last, autocast=autocast, compile=compile_backend)
         run(network, outdir, seeds, options, subdirs=subdirs, class_idx=class_idx, max_batch_size=max_batch_size,
             device=device, resume=resume, grid=grid, allow_pickle_code=allow_pickle_code, fast=fast,
-            classifier=classifier, classifier_scale=classifier_scale, classifier_flags=classifier_flags)
+            classifier=classifier, classifier_scale=classifier_scale, classifier_flags=classifier_flags,
+            chosen_by=chosen_by(sampler_kwargs))
     except (GenerateError, SamplerOptionError, FastPathError, TimeShiftError) as err:
         if os.environ.get('RANK', '0') != '0':
             raise SystemExit(1)  # rank 0 prints the one error line

@@ -1,12 +1,18 @@
-"""What the analysis modules share: the error type, the CSV writer and the sampler's description."""
+"""What the analysis modules share: the error type, the CSV writer, the sampler's description,
+and opening the network and dataset a command names."""
 
 import csv
 import dataclasses
 import io
 
+import os
+
 import dnnlib
-from samplers import SamplerOptions
+from safeload import networks as loader
+from samplers import SamplerOptions, jobs
 from samplers.discrete import DISCRETE_SOLVERS
+from torch_utils import distributed as dist
+from training.dataset import ImageFolderDataset
 
 
 class ExposureError(Exception):
@@ -34,3 +40,25 @@ def describe_sampler(options):
         respacing = str(opts['num_steps']) if opts.get('respacing') is None else opts['respacing']
         return f'{opts["solver"]} with respacing "{respacing}"{evaluations}'
     return f'{opts["solver"]} with {opts["num_steps"]} steps{evaluations}'
+
+
+def load_network(network, device, allow_pickle_code):
+    """(name, network): `network` or the bundled model, loaded (rank 0 first); ExposureError if it cannot be."""
+    if network is None:
+        network = jobs.DEFAULT_NETWORK
+    try:
+        net = dist.leader_first(lambda: loader.load_network(network, device=device, allow_pickle_code=allow_pickle_code),
+                                loader.NetworkLoadError)
+    except loader.NetworkLoadError as err:
+        raise ExposureError(str(err)) from None
+    return network, net
+
+
+def open_dataset(path):
+    """The labelled ImageFolderDataset at `path`; ExposureError if it cannot be opened."""
+    if not os.path.exists(path):
+        raise ExposureError(f'--data {path}: no such file or folder')
+    try:
+        return ImageFolderDataset(path, use_labels=True)
+    except (IOError, ValueError) as err:
+        raise ExposureError(f'--data {path}: {str(err).splitlines()[0]}') from None

@@ -473,6 +473,9 @@ def adm_state_dict(net, flags):
 # Checkpoints.
 
 
+ESTIMATE_REFUSAL_PARAMS = 20_000_000  # below this, a mismatch is named tensor by tensor (meta device)
+
+
 def num_classes_of(state, flags):
     """The class count of a class-conditional checkpoint (rows of label_emb.weight), else None."""
     weight = state.get('label_emb.weight')
@@ -499,7 +502,9 @@ def load_adm_checkpoint(path_or_url, flags):
     check_flags(flags)
     stored = sum(t.numel() for t in state.values())
     estimate = estimate_parameters(flags if num_classes is None else dnnlib.EasyDict(flags, num_classes=num_classes))
-    if estimate > 2 * stored + 1_000_000:
+    # A network far larger than the file is refused from the estimate, without building its modules;
+    # a smaller one goes to the meta-device check, which names the first tensor that does not fit.
+    if estimate > 2 * stored + 1_000_000 and estimate > ESTIMATE_REFUSAL_PARAMS:
         raise ADMError(f'{source}: the flags describe about {estimate:,} parameters, the checkpoint holds {stored:,} '
                        '(do the flags match the checkpoint?)')
     with torch.device('meta'):

@@ -3,6 +3,8 @@
 - `schedules`: noise levels (edm, vp, ve, iddpm) and time parametrizations sigma(t), s(t).
 - `solvers`: `sample_euler`, `sample_heun` (one signature), stochastic churn; `SOLVERS`, every solver by name.
 - `multistep`: the few-step solvers S-PNDM, F-PNDM, DPM-Solver, DPM-Solver++(2M), DEIS (docs/solvers.md).
+- `fewstep`: UniPC, DPM-Solver++(3M), iPNDM, Euler ancestral, DPM-Solver++ SDE and 2M SDE.
+- `nfe`: the configuration `--nfe=N` picks, and schedule files as options.
 - `denoisers`: the denoiser interface and wrappers (epsilon scaling).
 - `time_shift`: the time-shift step helper.
 - `guidance`: classifier guidance (guided-diffusion's rules for DDPM and DDIM, a denoiser wrapper for the others).

@@ -46,7 +46,7 @@ SAMPLING_FLAGS = dict(
     device=(None, 'Torch device  [default: this rank\'s GPU, else cpu]'),
     resume=(True, 'Reuse the finished batches of a killed run with the same options'),
     solver=(None, 'Another solver over the same respaced timesteps (dpmpp2m, deis, ...; docs/solvers.md)  [default: ddpm/ddim]'),
-    order=(None, 'Order of --solver dpmsolver|dpmsolver-ref|deis  [default: 3]'),
+    order=(None, 'Order of --solver dpmsolver|dpmsolver-ref|deis|unipc-bh1|unipc-bh2  [default: 3]'),
 )
 # classifier_sample.py's own flags: guided-diffusion's classifier_defaults() and its script's, and
 # --guidance_mode (this toolkit's).

@@ -5,24 +5,62 @@ that all accept the same options with the same names, defaults and help.
 """
 
 import click
+from click.core import ParameterSource
 
+from safeload.schedule import ScheduleError, read_schedule
 from torch_utils import cli
 
 from . import SOLVERS, SamplerOptions
+from . import nfe as nfe_rule
 from .discrete import DISCRETE_SOLVERS
-from .sampler import TSDPM_DEFAULT_CUTOFF
+from .sampler import TSDPM_DEFAULT_CUTOFF, SamplerOptionError
+from .schedules import SCHEDULES
 
 
 def options_from_cli(kwargs):
-    """SamplerOptions from the values of the SAMPLER_OPTIONS given (None: not given)."""
+    """SamplerOptions from the values of the SAMPLER_OPTIONS given (None: not given).
+
+    With `nfe` (--nfe) or a schedule file as `schedule` (--schedule=FILE), the configuration
+    comes from samplers.nfe, and only the options given on the command line override it.
+    """
     given = {key: value for key, value in kwargs.items() if value is not None}
+    nfe = given.pop('nfe', None)
+    path = given.pop('schedule') if given.get('schedule', 'linear') not in SCHEDULES else None
+    ctx = click.get_current_context(silent=True)
+    if (nfe is not None or path is not None) and ctx is not None:
+        # On a command line only what the user typed overrides the recommended configuration.
+        typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        given = {key: value for key, value in given.items() if ctx.get_parameter_source(key) in typed}
     if 'ts_cutoff' not in given and given.get('ts_mode') == 'tsdpm':
         given['ts_cutoff'] = TSDPM_DEFAULT_CUTOFF
-    return SamplerOptions(**given)
+    if nfe is None and path is None:
+        return SamplerOptions(**given)
+    try:
+        schedule = None if path is None else read_schedule(path)
+    except ScheduleError as err:
+        raise SamplerOptionError(str(err)) from None
+    return nfe_rule.options_for(nfe, given, schedule)
+
+
+def chosen_by(kwargs):
+    """'--nfe=N', '--schedule=FILE', both, or None: what picked the sampler options."""
+    parts = [f'--nfe={kwargs["nfe"]}'] if kwargs.get('nfe') is not None else []
+    if kwargs.get('schedule', 'linear') not in SCHEDULES:
+        parts.append(f'--schedule={kwargs["schedule"]}')
+    return ' '.join(parts) or None
+
+
+class _ScheduleOrFile(click.ParamType):
+    """vp|ve|linear, or the path of a schedule file (exposure.py schedule --out)."""
+    name = 'schedule'
+
+    def convert(self, value, param, ctx):
+        return value if value in SCHEDULES else click.Path(exists=True, dir_okay=False).convert(value, param, ctx)
 
 
 # generate.py's sampler options, by name, in the order of its --help.
 SAMPLER_OPTIONS = dict(
+    nfe=click.option('--nfe', help='Recommended few-step configuration for exactly N evaluations (docs/solvers.md)', metavar='INT', type=click.IntRange(min=2)),
     steps=click.option('--steps', 'num_steps', help='Number of sampling steps', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True),
     sigma_min=click.option('--sigma_min', help='Lowest noise level  [default: varies]', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True)),
     sigma_max=click.option('--sigma_max', help='Highest noise level  [default: varies]', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True)),
@@ -32,9 +70,9 @@ SAMPLER_OPTIONS = dict(
     S_max=click.option('--S_max', 'S_max', help='Stoch. max noise level', metavar='FLOAT', type=cli.FloatRange(min=0, allow_inf=True), default='inf', show_default=True),
     S_noise=click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', metavar='FLOAT', type=cli.FLOAT, default=1, show_default=True),
     solver=click.option('--solver', help=f'Solver: {", ".join([*SOLVERS, *DISCRETE_SOLVERS])} (docs/solvers.md; ddpm, ddim: ADM networks)', metavar='NAME', type=click.Choice([*SOLVERS, *DISCRETE_SOLVERS]), default='heun', show_default=True),
-    order=click.option('--order', help='Order of --solver=dpmsolver|dpmsolver-ref|deis  [default: 3]', metavar='1|2|3', type=int),
+    order=click.option('--order', help='Order of --solver=dpmsolver|dpmsolver-ref|deis|unipc-bh1|unipc-bh2  [default: 3]', metavar='1|2|3', type=int),
     disc=click.option('--disc', help='Time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']), default='edm', show_default=True),
-    schedule=click.option('--schedule', help='Noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']), default='linear', show_default=True),
+    schedule=click.option('--schedule', help='Noise schedule sigma(t), or a levels FILE of exposure.py schedule', metavar='vp|ve|linear|FILE', type=_ScheduleOrFile(), default='linear', show_default=True),
     scaling=click.option('--scaling', help='Signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']), default='none', show_default=True),
     eps_scaler=click.option('--eps_scaler', help='Epsilon scaling b: eps / (b + k (N-1-i)) at step i', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
     eps_scaler_k=click.option('--eps_scaler_k', help='Epsilon scaling slope k (ADM-ES linear form)', metavar='FLOAT', type=cli.FLOAT, default=0.0, show_default=True),

@@ -93,14 +93,19 @@ def split_batches(seeds, max_batch_size):
 # Resuming: a record of the options next to the images.
 
 
-def options_record(network, class_idx, options, fast=FastPaths(), guidance=None):
+NOT_COMPARED = ('chosen_by',)  # options-record keys that do not change the pixels
+
+
+def options_record(network, class_idx, options, fast=FastPaths(), guidance=None, chosen_by=None):
     """What decides the pixels of an image besides its seed. Fast paths that may move pixels
     are listed only when on (and classifier guidance only when given), so records written
-    before they existed still match."""
+    before they existed still match. `chosen_by` (e.g. '--nfe=5') says what picked the sampler
+    options; it is not compared on resume."""
     if isinstance(network, str) and os.path.exists(network):
         network = os.path.abspath(network)
     extra = guidance.record or {} if guidance is not None else {}
-    return dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record(), **extra)
+    record = dict(network=network, class_idx=class_idx, **dataclasses.asdict(options), **fast.record(), **extra)
+    return record if chosen_by is None else dict(record, chosen_by=chosen_by)
 
 
 def check_options_record(outdir, record, existing):
@@ -118,7 +123,8 @@ def check_options_record(outdir, record, existing):
     defaults = json.loads(json.dumps(dataclasses.asdict(SamplerOptions())))
     current = {**defaults, **json.loads(json.dumps(record))}
     old = {**defaults, **old}
-    changed = [key for key in list(current) + [k for k in old if k not in current] if old.get(key) != current.get(key)]
+    changed = [key for key in list(current) + [k for k in old if k not in current]
+               if old.get(key) != current.get(key) and key not in NOT_COMPARED]
     if changed:
         key = changed[0]
         raise GenerateError(f'{outdir} holds images generated with {key}={old.get(key)!r}, not {current.get(key)!r}; '
@@ -487,7 +493,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     with tqdm.tqdm(total=num_mine, unit='img', disable=(dist.get_rank() != 0 or not progress), leave=False) as bar:
         for b in mine:
             batch = batch_of(b)
-            if _read_part(_part_path(folder, b), batch, shape, conditional, net.label_dim) is not None:
+            if _read_part(_part_path(folder, b), batch, shape, conditional, sampler.label_dim) is not None:
                 counts['resumed'] += len(batch)
             else:
                 images, labels = sample_batch(sampler, net, batch, class_idx, device)
@@ -499,7 +505,7 @@ def sample_to_npz(net, seeds, out_dir, options, *, record, max_batch_size=16, de
     dist.barrier()
 
     def assemble():
-        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional, net.label_dim) for b in range(-(-len(seeds) // max_batch_size))]
+        parts = [_read_part(_part_path(folder, b), batch_of(b), shape, conditional, sampler.label_dim) for b in range(-(-len(seeds) // max_batch_size))]
         if any(part is None for part in parts):
             raise JobError(f'{folder}: a part file is missing or damaged; run again to regenerate it')
         arrays = [np.concatenate([part[0] for part in parts])]

@@ -52,6 +52,7 @@ class SamplerOptions:
     eta: float = 0.0                        # ddim: noise of each step (0: deterministic).
     clip_denoised: bool = True              # ddpm/ddim: clamp the predicted x0 to [-1, 1].
     variance: Optional[str] = None          # ddpm: 'learned', 'large', 'small'; None = the model's.
+    levels: Optional[tuple] = None          # Explicit levels sigma_0 > ... > sigma_{N-1} (a schedule file); None = disc.
 
     @property
     def discrete(self):
@@ -96,6 +97,7 @@ class SamplerOptions:
                 raise SamplerOptionError(f'--{name} must be one of {"|".join(allowed)}, not "{getattr(self, name)}"')
         self._check_discrete()
         self._check_solver()
+        self._check_levels()
         if self.num_steps < 2 and self.respacing is None:
             hint = ' (Heun with 1 step would be a single Euler step)' if self.solver == 'heun' else ''
             raise SamplerOptionError(f'--steps must be at least 2, got {self.num_steps}{hint}')
@@ -152,6 +154,23 @@ class SamplerOptions:
             raise SamplerOptionError(f'--ts_cutoff is an original timestep with --ts_mode=tsdpm, got {self.ts_cutoff:g}')
 
 
+    def _check_levels(self):
+        if self.levels is None:
+            return
+        levels = list(self.levels)
+        if not (levels and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in levels)
+                and all(a > b for a, b in zip(levels, levels[1:]))):
+            raise SamplerOptionError('schedule levels must be strictly decreasing positive numbers')
+        if len(levels) != self.num_steps:
+            raise SamplerOptionError(f'the schedule has {len(levels)} levels, but --steps={self.num_steps}')
+        defaults = SamplerOptions()
+        for name in ('sigma_min', 'sigma_max', 'rho', 'disc', 'respacing'):
+            if getattr(self, name) != getattr(defaults, name):
+                flag = 'timestep_respacing' if name == 'respacing' else name
+                raise SamplerOptionError(f'--{flag} and a schedule file both choose the levels; give one')
+        if self.discrete:
+            raise SamplerOptionError(f'a schedule file gives levels for the EDM solvers, not for --solver={self.solver}')
+
     def _check_solver(self):
         if self.order is not None:
             if self.solver not in solvers.WITH_ORDER:
@@ -205,6 +224,10 @@ class Sampler:
             grid = torch.as_tensor(discrete_process_levels(net, options), dtype=torch.float64, device=device)
             sigma_min, sigma_max = float(grid[-1]), float(grid[0])
             self.sigmas = schedules.with_zero(grid)
+        elif options.levels is not None:
+            levels = net.round_sigma(torch.as_tensor(options.levels, dtype=torch.float64, device=device)).to(torch.float64)
+            sigma_min, sigma_max = float(levels[-1]), float(levels[0])
+            self.sigmas = schedules.with_zero(levels)
         else:
             sigma_min, sigma_max = sigma_range(net, options)
             levels = schedules.noise_levels(options.disc, options.num_steps, sigma_min, sigma_max, options.rho, device=device)

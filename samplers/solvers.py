@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from . import denoisers, multistep
+from . import denoisers, fewstep, multistep
 from .schedules import TimeParam, per_sample
 
 
@@ -111,8 +111,10 @@ SOLVERS = dict(euler=sample_euler, heun=sample_heun, spndm=multistep.sample_spnd
                dpmsolver=multistep.sample_dpmsolver, dpmpp2m=multistep.sample_dpmpp2m, deis=multistep.sample_deis)
 SOLVERS['dpmsolver-ref'] = multistep.sample_dpmsolver_ref  # DPM-Solver's code, its third-order slip included
 SOLVERS['fpndm-pndm'] = multistep.sample_fpndm_pndm  # F-PNDM with PNDM's timestep midpoint (discrete networks)
-WITH_ORDER = ('dpmsolver', 'dpmsolver-ref', 'deis')   # take order=1|2|3 (default 3)
+SOLVERS.update(fewstep.SOLVERS)  # UniPC, DPM-Solver++(3M), iPNDM, Euler ancestral, DPM-Solver++ SDEs
+WITH_ORDER = ('dpmsolver', 'dpmsolver-ref', 'deis') + fewstep.WITH_ORDER   # take order=1|2|3 (default 3)
 WITH_CHURN = ('euler', 'heun')       # the only ones with stochastic churn, --schedule and --scaling
+STOCHASTIC = fewstep.STOCHASTIC      # draw noise at every step (per seed, with the sampler's randn_like)
 
 
 def evaluations(solver, num_steps):
@@ -121,4 +123,6 @@ def evaluations(solver, num_steps):
         return 2 * num_steps - 1
     if solver == 'euler':
         return num_steps
+    if solver in fewstep.SOLVERS:
+        return fewstep.evaluations(solver, num_steps)
     return multistep.evaluations(solver, num_steps)

@@ -427,10 +427,10 @@ def test_one_line_errors(net, files, tmp_path):
 
 
 def test_help_text_in_sync(repo_root):
-    commands = ([], ['norms'], ['calibrate'], ['sweep'], ['plot'], ['classifier'])
+    commands = ([], ['norms'], ['calibrate'], ['sweep'], ['schedule'], ['plot'], ['classifier'])
     parts = [cli(*command, '--help').output for command in commands]
     with open(os.path.join(repo_root, 'docs', 'exposure-help.txt'), encoding='utf8') as f:
         assert '\n'.join(parts) == f.read(), 'regenerate with: python -c "from click.testing import CliRunner; ' \
             'import exposure; print(\'\\n\'.join(CliRunner().invoke(exposure.main, [*c, \'--help\'], ' \
-            'prog_name=\'exposure.py\').output for c in ([], [\'norms\'], [\'calibrate\'], [\'sweep\'], [\'plot\'], ' \
+            'prog_name=\'exposure.py\').output for c in ([], [\'norms\'], [\'calibrate\'], [\'sweep\'], [\'schedule\'], [\'plot\'], ' \
             '[\'classifier\'])), end=\'\')" > docs/exposure-help.txt'

@@ -326,7 +326,7 @@ def test_time_shift_with_multistep_history(name, kwargs):
 
 
 @pytest.mark.parametrize('bad, message', [
-    (dict(solver='heun', order=2), '--order applies to --solver=dpmsolver|dpmsolver-ref|deis, not to heun'),
+    (dict(solver='heun', order=2), '--order applies to --solver=dpmsolver|dpmsolver-ref|deis|unipc-bh1|unipc-bh2, not to heun'),
     (dict(solver='deis', order=4), '--order must be 1, 2 or 3'),
     (dict(solver='dpmpp2m', S_churn=1), '--S_churn applies to --solver=euler|heun'),
     (dict(solver='fpndm', scaling='vp'), '--schedule and --scaling apply'),

@@ -1,0 +1,272 @@
+"""Second-round few-step solvers: UniPC, DPM-Solver++(3M), iPNDM (deterministic) and Euler
+ancestral, DPM-Solver++ SDE, DPM-Solver++(2M) SDE (stochastic), in EDM form.
+
+They run in samplers.multistep's loop, so they share its conventions (docs/solvers.md): step
+i runs from sigma_i (or the time shift's per-sample sigma'_i) to sigma_{i+1}, every evaluation
+of step i goes through at_step(denoiser, i) (epsilon scaling), and the step into sigma_N = 0 is
+x_N = D(x_{N-1}; sigma_{N-1}). In EDM form x = y + sigma n the data-prediction exponential
+integrators read x_t = (sigma_t / sigma_s) x_s - (e^{-h} - 1) D + ..., h = lambda_t - lambda_s,
+lambda = -log(sigma) (their VP updates divided by alpha_t).
+
+The stochastic samplers draw their noise with the sampler's `randn_like` (samplers.noise.SeedNoise
+in generate.py: one generator per seed), one standard normal tensor per draw, in step order,
+so an image depends only on its seed.
+"""
+
+import math
+
+import torch
+
+from .multistep import _integrate, _lam
+from .schedules import per_sample
+
+UNIPC_VARIANTS = ('bh1', 'bh2')
+IPNDM_WEIGHTS = ((1,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+#----------------------------------------------------------------------------
+# UniPC (arXiv 2302.04867): UniP-p predictor and UniC-p corrector with data prediction (its
+# Algorithms 2 and 3 with B(h) = h (bh1) or e^h - 1 (bh2)). The corrector of step i-1 uses the
+# evaluation at the start of step i, so it costs nothing: N evaluations for N steps.
+
+
+def _unipc_weights(h, ratios, order, variant):
+    """(B(h), b [..., order]) of UniPC: b_k = (k-1)! phi_{k+1}(h) / B(h) for the data prediction
+    (in -h), and the ratios r_k as R [..., order, order] with rows r^(k-1)."""
+    ratios = torch.broadcast_tensors(*ratios)  # per-sample levels (time shift) in any of them
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    b_h = hh if variant == 'bh1' else h_phi_1
+    h_phi_k = h_phi_1 / hh - 1
+    factorial = 1
+    rows, b = [], []
+    for k in range(1, order + 1):
+        rows.append(torch.stack([r ** (k - 1) for r in ratios], dim=-1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    R = torch.stack(rows, dim=-2)
+    return h_phi_1, b_h, R, torch.stack(b, dim=-1).expand(R.shape[:-1])
+
+
+def _unipc_update(x, sigma, sigma_next, history, order, variant, denoised_next=None):
+    """UniP-order from (x, sigma) with history [(lambda, D)] (oldest first, newest at sigma) to
+    sigma_next; with denoised_next = D at sigma_next, UniC-order instead."""
+    (lam_0, d_0) = history[-1]
+    h = _lam(sigma_next) - lam_0
+    ratios, diffs = [], []
+    for lam_k, d_k in history[-order:-1][::-1]:          # previous values, newest first
+        r = (lam_k - lam_0) / h
+        ratios.append(r)
+        diffs.append((d_k - d_0) / per_sample(r))
+    ratios.append(torch.ones_like(h))
+    h_phi_1, b_h, R, b = _unipc_weights(h, ratios, order, variant)
+    x_next = per_sample(sigma_next / sigma) * x - per_sample(h_phi_1) * d_0
+    if denoised_next is None:
+        if not diffs:
+            return x_next
+        # UniPC's code takes rho = 1/2 for the second-order predictor instead of solving R rho = b.
+        rhos = torch.full_like(h, 0.5)[..., None] if order == 2 else torch.linalg.solve(R[..., :-1, :-1], b[..., :-1])
+        diffs.append(None)
+    else:
+        rhos = torch.full_like(h, 0.5)[..., None] if order == 1 else torch.linalg.solve(R, b)
+        diffs.append(denoised_next - d_0)
+    correction = sum(per_sample(rhos[..., k]) * diffs[k] for k in range(rhos.shape[-1]))
+    return x_next - per_sample(b_h) * correction
+
+
+def _unipc_step(order, variant):
+    def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+        denoised = evaluate.denoised(x, sigma)
+        if history:
+            # UniC of the previous step: its start, history and order, with D at this step's level.
+            x_prev, sigma_prev, prev_history, prev_order = history.pop()
+            x = _unipc_update(x_prev, sigma_prev, sigma, prev_history, prev_order, variant, denoised)
+            values = prev_history[-(order - 1):] if order > 1 else []
+        else:
+            values = []
+        values = values + [(_lam(sigma), denoised)]
+        # Warm-up, and diffusers' lower_order_final at any N: ..., 3, 2 into sigma_{N-1}, 1 into 0.
+        p = min(order, len(values), num_steps - i)
+        history.append((x, sigma, values, p))
+        return _unipc_update(x, sigma, sigma_next, values, p, variant)
+    return step
+
+#----------------------------------------------------------------------------
+# DPM-Solver++(3M) (arXiv 2211.01095, the multistep third-order data-prediction solver):
+# D extrapolated from the last three evaluations. The reference code (k-diffusion's
+# sample_dpmpp_3m_sde with eta = 0, diffusers' DPMSolverMultistepScheduler order 3) halves the
+# second-derivative term as DPM-Solver's code does (docs/solvers.md); `reference=True` keeps it.
+
+
+def _dpmpp3m_step(reference=False):
+    def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+        denoised = evaluate.denoised(x, sigma)
+        lam, lam_next = _lam(sigma), _lam(sigma_next)
+        h = lam_next - lam
+        x_next = per_sample(sigma_next / sigma) * x - per_sample(torch.expm1(-h)) * denoised
+        phi_2 = torch.expm1(-h) / h + 1
+        if len(history) >= 2:
+            (lam_2, d_2), (lam_1, d_1) = history[-2], history[-1]
+            r_0, r_1 = (lam - lam_1) / h, (lam_1 - lam_2) / h
+            d1_0 = (denoised - d_1) / per_sample(r_0)
+            d1_1 = (d_1 - d_2) / per_sample(r_1)
+            d1 = d1_0 + per_sample(r_0 / (r_0 + r_1)) * (d1_0 - d1_1)             # ~ h D'
+            d2 = (1 if reference else 2) * (d1_0 - d1_1) / per_sample(r_0 + r_1)  # ~ h^2 D''
+            phi_3 = phi_2 / h - 0.5
+            x_next = x_next + per_sample(phi_2) * d1 - per_sample(phi_3) * d2
+        elif history:
+            lam_1, d_1 = history[-1]
+            x_next = x_next + per_sample(phi_2 * h / (lam - lam_1)) * (denoised - d_1)
+        history[:] = history[-1:] + [(lam, denoised)]
+        return x_next
+    return step
+
+#----------------------------------------------------------------------------
+# iPNDM (DEIS, arXiv 2204.13902, Appendix; the "improved PNDM"): PNDM's pseudo linear multistep
+# in sigma with eps, warmed up by lower-order multistep steps instead of Runge-Kutta ones, so
+# every step costs one evaluation. The weights are Adams-Bashforth's for equal steps.
+
+
+def _ipndm_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+    eps = evaluate.eps(x, sigma)
+    history[:] = history[-3:] + [eps]
+    weights = IPNDM_WEIGHTS[len(history) - 1]
+    eps_prime = sum(w * e for w, e in zip(weights, history[::-1]))
+    return x + per_sample(sigma_next - sigma) * eps_prime
+
+#----------------------------------------------------------------------------
+# Stochastic samplers, as k-diffusion defines them (eta = 1, s_noise = 1).
+
+
+def ancestral_levels(sigma, sigma_next, eta=1.0):
+    """(sigma_down, sigma_up): the deterministic step goes to sigma_down, then noise of std
+    sigma_up brings the level back to sigma_next (k-diffusion's get_ancestral_step)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2).sqrt())
+    return (sigma_next ** 2 - sigma_up ** 2).sqrt(), sigma_up
+
+
+def _euler_ancestral_step(randn_like):
+    def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+        d = evaluate.eps(x, sigma)
+        sigma_down, sigma_up = ancestral_levels(sigma, sigma_next)
+        x = x + per_sample(sigma_down - sigma) * d
+        return x + per_sample(sigma_up) * randn_like(x)
+    return step
+
+
+def _dpmpp_sde_step(randn_like, r=0.5):
+    def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+        # DPM-Solver++(2S) with ancestral noise in both stages (k-diffusion's sample_dpmpp_sde).
+        denoised = evaluate.denoised(x, sigma)
+        lam, lam_next = _lam(sigma), _lam(sigma_next)
+        h = lam_next - lam
+        sigma_s = round_sigma(torch.exp(-(lam + r * h))).to(torch.float64)
+        sigma_down, sigma_up = ancestral_levels(sigma, sigma_s)
+        x_2 = per_sample(sigma_down / sigma) * x - per_sample(torch.expm1(lam - _lam(sigma_down))) * denoised
+        x_2 = x_2 + per_sample(sigma_up) * randn_like(x)
+        denoised_2 = evaluate.denoised(x_2, sigma_s)
+        sigma_down, sigma_up = ancestral_levels(sigma, sigma_next)
+        fac = 1 / (2 * r)
+        d = (1 - fac) * denoised + fac * denoised_2
+        x = per_sample(sigma_down / sigma) * x - per_sample(torch.expm1(lam - _lam(sigma_down))) * d
+        return x + per_sample(sigma_up) * randn_like(x)
+    return step
+
+
+def _dpmpp2m_sde_step(randn_like, eta=1.0):
+    def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
+        # DPM-Solver++(2M) SDE, midpoint form (k-diffusion's sample_dpmpp_2m_sde).
+        denoised = evaluate.denoised(x, sigma)
+        h = _lam(sigma_next) - _lam(sigma)
+        eta_h = eta * h
+        x = per_sample(sigma_next / sigma * torch.exp(-eta_h)) * x - per_sample(torch.expm1(-h - eta_h)) * denoised
+        if history:
+            h_last, denoised_last = history[-1]
+            x = x - per_sample(0.5 * torch.expm1(-h - eta_h) * h / h_last) * (denoised - denoised_last)
+        history[:] = [(h, denoised)]
+        return x + per_sample(sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()) * randn_like(x)
+    return step
+
+#----------------------------------------------------------------------------
+# The solvers, with the signature of samplers.solvers.sample_euler.
+
+
+def sample_unipc(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                 churn=None, time_shift=None, ode=None, order=3, variant='bh2'):
+    """Images (float64) by UniPC-`order` (UniP predictor, UniC corrector, B(h) of `variant`);
+    N evaluations for N steps."""
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f'UniPC variant must be one of {", ".join(UNIPC_VARIANTS)}, got {variant}')
+    return _integrate(f'unipc-{variant}', _unipc_step(_order(order), variant), denoiser, latents, sigmas,
+                      class_labels, churn, time_shift, ode)
+
+
+def sample_unipc_bh1(*args, **kwargs):
+    """sample_unipc with B(h) = h."""
+    return sample_unipc(*args, **kwargs, variant='bh1')
+
+
+def sample_dpmpp3m(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                   churn=None, time_shift=None, ode=None):
+    """Images (float64) by DPM-Solver++(3M) with the third-order term as its Taylor expansion
+    needs it; N evaluations for N steps."""
+    return _integrate('dpmpp3m', _dpmpp3m_step(), denoiser, latents, sigmas, class_labels, churn, time_shift, ode)
+
+
+def sample_dpmpp3m_ref(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                       churn=None, time_shift=None, ode=None):
+    """DPM-Solver++(3M) as k-diffusion's sample_dpmpp_3m_sde(eta=0) computes it (halved D2:
+    second order); N evaluations for N steps."""
+    return _integrate('dpmpp3m-ref', _dpmpp3m_step(reference=True), denoiser, latents, sigmas, class_labels,
+                      churn, time_shift, ode)
+
+
+def sample_ipndm(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                 churn=None, time_shift=None, ode=None):
+    """Images (float64) by iPNDM (multistep orders 1, 2, 3, then 4); N evaluations for N steps."""
+    return _integrate('ipndm', _ipndm_step, denoiser, latents, sigmas, class_labels, churn, time_shift, ode)
+
+
+def sample_euler_ancestral(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                           churn=None, time_shift=None, ode=None):
+    """Images (float64) by Euler ancestral sampling; N evaluations and N - 1 noise draws for N steps."""
+    return _integrate('euler_a', _euler_ancestral_step(randn_like), denoiser, latents, sigmas, class_labels,
+                      churn, time_shift, ode)
+
+
+def sample_dpmpp_sde(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                     churn=None, time_shift=None, ode=None):
+    """Images (float64) by DPM-Solver++ SDE (two stages a step, the second at sqrt(sigma_i sigma_{i+1}));
+    2N - 1 evaluations for N steps."""
+    return _integrate('dpmpp-sde', _dpmpp_sde_step(randn_like), denoiser, latents, sigmas, class_labels,
+                      churn, time_shift, ode)
+
+
+def sample_dpmpp2m_sde(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
+                       churn=None, time_shift=None, ode=None):
+    """Images (float64) by DPM-Solver++(2M) SDE (midpoint form, eta = 1); N evaluations for N steps."""
+    return _integrate('dpmpp2m-sde', _dpmpp2m_sde_step(randn_like), denoiser, latents, sigmas, class_labels,
+                      churn, time_shift, ode)
+
+
+def _order(order):
+    if order not in (1, 2, 3):
+        raise ValueError(f'order must be 1, 2 or 3, got {order}')
+    return int(order)
+
+
+SOLVERS = {'unipc-bh1': sample_unipc_bh1, 'unipc-bh2': sample_unipc, 'dpmpp3m': sample_dpmpp3m,
+           'dpmpp3m-ref': sample_dpmpp3m_ref, 'ipndm': sample_ipndm, 'euler_a': sample_euler_ancestral,
+           'dpmpp-sde': sample_dpmpp_sde, 'dpmpp2m-sde': sample_dpmpp2m_sde}
+WITH_ORDER = ('unipc-bh1', 'unipc-bh2')
+STOCHASTIC = ('euler_a', 'dpmpp-sde', 'dpmpp2m-sde')
+
+
+def evaluations(solver, num_steps):
+    """Denoiser evaluations per image of the solvers here for `num_steps` steps."""
+    return 2 * num_steps - 1 if solver == 'dpmpp-sde' else num_steps
+
+
+assert math.isclose(sum(IPNDM_WEIGHTS[3]), 1)
