@@ -838,6 +838,16 @@ def adm_alpha_bar(noise_schedule, diffusion_steps):
     return np.cumprod(1.0 - adm_betas(noise_schedule, diffusion_steps), axis=0)
 
 
+def nearest_grid_sigma(sigmas, sigma, return_index=False):
+    """The nearest of the grid `sigmas` (by |sigma - sigma_t|, float64) to each element of sigma,
+    or its index t, in sigma's shape: how a discrete-time network reads a continuous sigma."""
+    sigma = torch.as_tensor(sigma)
+    grid = sigmas.to(sigma.device)
+    index = (sigma.to(torch.float64).reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(dim=1)
+    result = index if return_index else grid[index].to(sigma.dtype)
+    return result.reshape(sigma.shape)
+
+
 @persistence.persistent_class
 class ADMPrecond(torch.nn.Module):
     """A guided-diffusion (ADM) model as an EDM denoiser D(x; sigma).
@@ -896,8 +906,4 @@ class ADMPrecond(torch.nn.Module):
     def round_sigma(self, sigma, return_index=False):
         """The nearest sigma_t (by |sigma - sigma_t|, float64) to each element of sigma, or its
         timestep t, in sigma's shape."""
-        sigma = torch.as_tensor(sigma)
-        grid = self.sigmas.to(sigma.device)
-        index = (sigma.to(torch.float64).reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(dim=1)
-        result = index if return_index else grid[index].to(sigma.dtype)
-        return result.reshape(sigma.shape)
+        return nearest_grid_sigma(self.sigmas, sigma, return_index)

@@ -38,8 +38,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch_utils import persistence
+from safeload import state
 
-from networks import ddim, iddpm, score_sde
+from networks import ddim, edm, iddpm, score_sde
 
 SCHEDULES = ('linear', 'quad', 'cosine')
 MAX_STEPS = 100000              # Largest Schedule.diffusion_step accepted.
@@ -350,11 +351,7 @@ class TSDPMPrecond(torch.nn.Module):
     def round_sigma(self, sigma, return_index=False):
         """The nearest sigma_t (by |sigma - sigma_t|, float64) to each element of sigma, or its
         timestep t, in sigma's shape."""
-        sigma = torch.as_tensor(sigma)
-        grid = self.sigmas.to(sigma.device)
-        index = (sigma.to(torch.float64).reshape(-1, 1) - grid.reshape(1, -1)).abs().argmin(dim=1)
-        result = index if return_index else grid[index].to(sigma.dtype)
-        return result.reshape(sigma.shape)
+        return edm.nearest_grid_sigma(self.sigmas, sigma, return_index)
 
 
 def precond_kwargs(config):
@@ -385,12 +382,10 @@ def read_config(path):
     """The parsed TS-DPM config yml at `path` (yaml.safe_load, at most MAX_CONFIG_BYTES)."""
     import yaml  # pylint: disable=import-outside-toplevel
     try:
-        with open(path, 'rb') as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise TSDPMConfigError(f'cannot read config {path}: {err.strerror or err}') from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise TSDPMConfigError(f'config {path} is larger than {MAX_CONFIG_BYTES} bytes')
+        data = state.read_bounded(path, MAX_CONFIG_BYTES, f'config {path}', what='a TS-DPM config')
+    except (state.StateFileError, FileNotFoundError) as err:
+        raise TSDPMConfigError(str(err) if isinstance(err, state.StateFileError) else
+                               f'cannot read config {path}: {err.strerror or err}') from None
     try:
         config = yaml.safe_load(data)
     except yaml.YAMLError as err:

@@ -8,9 +8,10 @@ search ran) are kept but not read. The file is read with a size bound and checke
 field; anything else is one ScheduleError line naming the file.
 """
 
-import json
 import math
 import os
+
+from . import state
 
 SCHEDULE_FORMAT = 'edm-schedule/1'
 MAX_BYTES = 1 << 20
@@ -24,16 +25,10 @@ class ScheduleError(ValueError):
 def read_schedule(path):
     """dict(nfe, solver, order, levels) of the schedule file at `path`."""
     try:
-        with open(path, 'rb') as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as err:
-        raise ScheduleError(f'cannot read schedule {path}: {err.strerror or err}') from None
-    if len(data) > MAX_BYTES:
-        raise ScheduleError(f'schedule {path} is larger than {MAX_BYTES} bytes')
-    try:
-        doc = json.loads(data.decode('utf8'))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ScheduleError(f'schedule {path} is not JSON: {str(err).splitlines()[0]}') from None
+        doc = state.read_json(path, kind=object, max_bytes=MAX_BYTES, label=f'schedule {path}')
+    except (state.StateFileError, FileNotFoundError) as err:
+        raise ScheduleError(str(err) if isinstance(err, state.StateFileError) else
+                            f'cannot read schedule {path}: {err.strerror or err}') from None
     return check_schedule(doc, path)
 
 

@@ -47,15 +47,14 @@ def _depth(value):
     return deepest
 
 
-def read_json(path, kind=dict, max_bytes=None, label=None):
-    """The JSON document at `path`, which must be a `kind` (dict or list). FileNotFoundError
-    passes through (a missing file is not a bad one); anything else is StateFileError."""
+def read_bounded(path, max_bytes, label=None, what='a record of this toolkit'):
+    """The bytes of the file at `path`, refused (StateFileError) past max_bytes before more is
+    read. FileNotFoundError passes through (a missing file is not a bad one)."""
     label = label or path
-    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
-            raise StateFileError(f'{label}: {size} bytes, more than the {max_bytes} a record of this toolkit may have')
+            raise StateFileError(f'{label}: {size} bytes, more than the {max_bytes} {what} may have')
         with open(path, 'rb') as f:
             raw = f.read(max_bytes + 1)
     except FileNotFoundError:
@@ -63,7 +62,15 @@ def read_json(path, kind=dict, max_bytes=None, label=None):
     except OSError as err:
         raise StateFileError(f'cannot read {label}: {err.strerror or err}') from None
     if len(raw) > max_bytes:
-        raise StateFileError(f'{label}: more than the {max_bytes} bytes a record of this toolkit may have')
+        raise StateFileError(f'{label}: more than the {max_bytes} bytes {what} may have')
+    return raw
+
+
+def read_json(path, kind=dict, max_bytes=None, label=None):
+    """The JSON document at `path`, which must be a `kind` (dict or list). FileNotFoundError
+    passes through (a missing file is not a bad one); anything else is StateFileError."""
+    label = label or path
+    raw = read_bounded(path, MAX_JSON_BYTES if max_bytes is None else max_bytes, label)
     try:
         value = json.loads(raw.decode('utf8'), parse_constant=_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:

@@ -324,9 +324,9 @@ def test_schedule_file_is_used(tmp_path, net):
 
 
 @pytest.mark.parametrize('text, message', [
-    ('{', 'not JSON'), ('[]', 'not a schedule file'), (json.dumps(schedule_doc([1.0, 2.0])), 'strictly decreasing'),
+    ('{', 'not valid JSON'), ('[]', 'not a schedule file'), (json.dumps(schedule_doc([1.0, 2.0])), 'strictly decreasing'),
     (json.dumps(schedule_doc([1.0, -1.0])), 'strictly decreasing'), (json.dumps(dict(schedule_doc([1.0]), nfe=True)), '"nfe"'),
-    (json.dumps(dict(schedule_doc([1.0]), solver=3)), '"solver"'), (' ' * (2 << 20), 'larger than'),
+    (json.dumps(dict(schedule_doc([1.0]), solver=3)), '"solver"'), (' ' * (2 << 20), 'more than the 1048576'),
 ])
 def test_bad_schedule_files(tmp_path, text, message):
     path = tmp_path / 'bad.json'

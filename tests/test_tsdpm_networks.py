@@ -679,7 +679,7 @@ def test_read_config_refuses_bad_files(tmp_path):
     (tmp_path / 'code.yml').write_text('Model: !!python/object/apply:os.system ["echo hi"]\n')
     (tmp_path / 'big.yml').write_text('#' * (tsdpm.MAX_CONFIG_BYTES + 1))
     for name, message in (('bad', 'not valid YAML'), ('list', 'not a mapping'), ('code', 'not valid YAML'),
-                          ('big', 'larger than'), ('none', 'cannot read')):
+                          ('big', 'more than the 1048576'), ('none', 'cannot read')):
         with pytest.raises(tsdpm.TSDPMConfigError, match=message):
             tsdpm.read_config(tmp_path / f'{name}.yml')
 
