@@ -317,7 +317,7 @@ def test_pr_detector(data, detectors, tmp_path):
     res = run_fid(['ref', f'--data={data["real_zip"]}', f'--dest={ref}', f'--detector={detectors["main"]}',
                    f'--pr-detector={detectors["other"]}', '--features=50', '--workers=0'])
     assert res.exit_code == 0, res.output
-    assert sorted(npz_of(ref)) == ['features', 'mu', 'pr_features', 'sigma']
+    assert sorted(npz_of(ref)) == ['features', 'image_channels', 'mu', 'pr_features', 'sigma']
     stored = fid_json(['calc', f'--ref={ref}', f'--pr-detector={detectors["other"]}'] + common, log)
     assert stored['metrics'] == record['metrics']
     plain = tmp_path / 'plain.npz'

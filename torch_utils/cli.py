@@ -50,6 +50,7 @@ class _BoundedIntRange(click.IntRange):
         super().__init__(min=low, max=high, min_open=getattr(original, 'min_open', False),
                          max_open=getattr(original, 'max_open', False), clamp=getattr(original, 'clamp', False))
         self.original = original
+        self.name = original.name  # --help names the original type ('integer', 'integer range')
 
     def convert(self, value, param, ctx):
         number = click.INT.convert(value, param, ctx)
