@@ -27,6 +27,9 @@ class SamplerOptionError(ValueError):
     """Sampler options that cannot work; the message is one line."""
 
 
+MAX_STEPS = 100_000  # solver steps; EDM's and guided-diffusion's grids use at most 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerOptions:
     num_steps: int = 18                     # Solver steps N (Heun: 2N - 1 evaluations).
@@ -101,6 +104,9 @@ class SamplerOptions:
         if self.num_steps < 2 and self.respacing is None:
             hint = ' (Heun with 1 step would be a single Euler step)' if self.solver == 'heun' else ''
             raise SamplerOptionError(f'--steps must be at least 2, got {self.num_steps}{hint}')
+        if self.num_steps > MAX_STEPS:
+            raise SamplerOptionError(f'--steps={self.num_steps} is more than the {MAX_STEPS} steps a sampler here takes '
+                                     '(the noise levels alone would not fit in memory; samplers.sampler.MAX_STEPS)')
         for name in ('sigma_min', 'sigma_max'):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):

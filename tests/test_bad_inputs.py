@@ -929,3 +929,11 @@ def test_train_untampered_state_dump_reads():
         path = os.path.join(folder, 'training-state-000000.pt')
         torch.save(_state_dump(), path)
         assert training_loop.load_state_dump(path)['cur_nimg'] == 64
+
+
+def test_generate_absurd_steps_is_one_line_at_once(tmp_path):
+    """--steps within int64 but far past any grid (2^62) is refused before anything is built or written."""
+    start = time.time()
+    line = assert_one_error_line(run('generate', f'--outdir={tmp_path / "o"}', '--seeds=0', f'--steps={1 << 62}'))
+    assert 'MAX_STEPS' in line and time.time() - start < 30
+    assert not (tmp_path / 'o').exists()
