@@ -16,12 +16,9 @@ point, so a stopped run resumes. The table gives each sampler's best schedule an
 bootstrap difference (same resampled seeds) of the best toolkit configuration to the best peer.
 """
 
-import importlib.util
 import json
 import os
 import sys
-import types
-from unittest import mock
 
 import click
 import numpy as np
@@ -30,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweep import _fd_of  # noqa: E402
 from bench.options import positive_int_list  # noqa: E402
+from bench.peers import kdiffusion_sampling  # noqa: E402
 from metrics.detector import load_detector  # noqa: E402
 from metrics.reference import load_reference  # noqa: E402
 from safeload.networks import load_network  # noqa: E402
@@ -42,27 +40,6 @@ OURS = {'deis3': dict(solver='deis', order=3), 'unipc-bh1': dict(solver='unipc-b
         'dpmpp3m': dict(solver='dpmpp3m'), 'ipndm': dict(solver='ipndm'), 'dpmpp2m': dict(solver='dpmpp2m'),
         'dpmsolver3': dict(solver='dpmsolver', order=3)}
 PEERS = {'kd-dpmpp_2m': 'sample_dpmpp_2m', 'kd-dpmpp_3m': 'sample_dpmpp_3m_sde', 'kd-lms': 'sample_lms'}
-
-
-def kdiffusion_sampling():
-    """k-diffusion's sampling module loaded without its package's many imports, or None."""
-    spec = importlib.util.find_spec('k_diffusion')
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], 'sampling.py')
-    stubs = {'_kd': types.ModuleType('_kd'), '_kd.utils': types.ModuleType('_kd.utils')}
-    stubs['_kd'].__path__ = []
-    stubs['_kd'].utils = stubs['_kd.utils']
-    stubs['_kd.utils'].append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    for name in ('torchdiffeq', 'torchsde'):
-        if importlib.util.find_spec(name) is None:
-            stubs[name] = types.ModuleType(name)
-            stubs[name].odeint = None
-    with mock.patch.dict(sys.modules, stubs):
-        module_spec = importlib.util.spec_from_file_location('_kd.sampling', path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    return module
 
 
 def karras(net, nfe, sigma_min, rho):

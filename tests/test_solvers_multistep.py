@@ -5,12 +5,7 @@ k-diffusion's sample_dpmpp_2m, evaluation counts and levels, epsilon scaling and
 and the options through Sampler, generate_images and the command line.
 """
 
-import functools
-import importlib.util
 import os
-import sys
-import types
-from unittest import mock
 
 import numpy as np
 import PIL.Image
@@ -24,6 +19,8 @@ from samplers import (Churn, EpsilonScaling, Sampler, SamplerOptionError, Sample
 from samplers.denoisers import StepDependent
 from samplers.solvers import SOLVERS, evaluations, sample_euler
 from test_samplers import draw, tiny_net
+
+from bench.peers import kdiffusion_sampling  # noqa: F401  (test_solvers_round2 imports it from here too)
 
 NEW = ('spndm', 'fpndm', 'dpmsolver', 'dpmpp2m', 'deis')
 # (solver, keyword arguments) of every variant here.
@@ -142,33 +139,6 @@ def test_first_order_variants_are_euler():
 
 #----------------------------------------------------------------------------
 # DPM-Solver++(2M) against k-diffusion.
-
-
-@functools.lru_cache(maxsize=1)
-def kdiffusion_sampling():
-    """k-diffusion's k_diffusion/sampling.py as a module, or None when k-diffusion is not installed.
-
-    The file is loaded by path, with stand-ins for its package (`from . import utils`) and for
-    torchdiffeq and torchsde when they are missing, so that k-diffusion installed without its
-    many dependencies (pip install --no-deps k-diffusion) is enough; sample_dpmpp_2m uses none
-    of them. Importing the package itself would import all of those dependencies.
-    """
-    spec = importlib.util.find_spec('k_diffusion')
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], 'sampling.py')
-    stubs = {'_kd': types.ModuleType('_kd'), '_kd.utils': types.ModuleType('_kd.utils')}
-    stubs['_kd'].__path__ = []
-    stubs['_kd'].utils = stubs['_kd.utils']
-    for name in ('torchdiffeq', 'torchsde'):
-        if importlib.util.find_spec(name) is None:
-            stubs[name] = types.ModuleType(name)
-            stubs[name].odeint = None
-    with mock.patch.dict(sys.modules, stubs):
-        module_spec = importlib.util.spec_from_file_location('_kd.sampling', path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize('sigmas', [edm_sigmas(10), edm_sigmas(4, 0.01, 20),

@@ -28,7 +28,7 @@ from samplers.fewstep import ancestral_levels
 from samplers.solvers import SOLVERS, STOCHASTIC, evaluations
 from test_samplers import draw, tiny_net
 from test_solvers_multistep import Gaussian, Mixture, StepLog, edm_sigmas, fitted_order, latents
-from test_solvers_multistep import kdiffusion_sampling as _kdiffusion_sampling
+from bench.peers import kdiffusion_sampling
 
 DETERMINISTIC = [('unipc-bh1', dict(order=k)) for k in (1, 2, 3)] + [('unipc-bh2', dict(order=k)) for k in (1, 2, 3)] + \
                 [('dpmpp3m', {}), ('dpmpp3m-ref', {}), ('ipndm', {})]
@@ -111,14 +111,6 @@ def test_ancestral_levels():
 
 #----------------------------------------------------------------------------
 # Against k-diffusion.
-
-
-def kdiffusion_sampling():
-    """test_solvers_multistep's k-diffusion loader, with the one helper of its utils the SDE samplers use."""
-    sampling = _kdiffusion_sampling()
-    if sampling is not None and not hasattr(sampling.utils, 'append_dims'):
-        sampling.utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    return sampling
 
 
 class Replay:
