@@ -30,17 +30,50 @@ def check_archive(path, label):
         raise CheckpointError(f'cannot read {label} as a PyTorch checkpoint (not a torch.save zip archive; files in the '
                               'legacy format of torch < 1.6 are not read: load and save it again with a newer torch)')
     try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         raise CheckpointError(f'cannot read {label} as a PyTorch checkpoint (truncated or not a torch.save zip file)') from None
-    for info in infos:
+    with archive:
+        _check_entries(archive, size, label)
+        _check_pickle(archive, label)
+
+
+def _check_entries(archive, size, label):
+    for info in archive.infolist():
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f'refusing {label}: entry {info.filename} is compressed (torch.save stores entries '
                                   'uncompressed; a compressed one may inflate far beyond the file)')
         if info.header_offset + info.file_size > size:
             raise CheckpointError(f'refusing {label}: entry {info.filename} declares {info.file_size} bytes, past the end '
                                   f'of the {size}-byte file')
+
+
+MAX_PICKLE_BYTES = 64 << 20     # The pickle of a state dict with thousands of tensors takes well under 1 MB.
+
+
+def _check_pickle(archive, source):
+    """Refuse a torch.save archive whose pickle is oversized or fails the opcode limits of
+    safeload.unpickle.scan, before torch reads it."""
+    from safeload import unpickle  # pylint: disable=import-outside-toplevel
+    try:
+        pickles = [info for info in archive.infolist() if info.filename.endswith('/data.pkl')
+                   and info.filename.count('/') == 1]
+        if len(pickles) != 1:
+            raise CheckpointError(f'cannot read {source} as a PyTorch checkpoint (no single data.pkl in the archive)')
+        if pickles[0].file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f'{source}: its pickle takes {pickles[0].file_size} bytes, more than the '
+                                  f'{MAX_PICKLE_BYTES} a state dict needs')
+        data = archive.read(pickles[0])
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise CheckpointError(f'cannot read {source} as a PyTorch checkpoint (truncated or not a torch.save zip '
+                              f'file: {unpickle.one_line(err)})') from None
+    except OSError as err:
+        raise CheckpointError(f'cannot read {source}: {err}') from None
+    try:
+        unpickle.scan(data)
+    except unpickle.BadPickleError as err:
+        raise CheckpointError(f'cannot read {source} as a PyTorch checkpoint ({err})') from None
+
 
 
 def _torch_load(path, source, **kwargs):
@@ -83,34 +116,6 @@ def read_weights_only(path_or_url):
     return _torch_load(path, path_or_url)
 
 
-MAX_PICKLE_BYTES = 64 << 20     # The pickle of a state dict with thousands of tensors takes well under 1 MB.
-
-
-def _check_archive(path, source):
-    """Refuse a torch.save zip archive whose pickle is oversized or fails the opcode limits of
-    safeload.unpickle.scan, before torch reads it."""
-    from safeload import unpickle  # pylint: disable=import-outside-toplevel
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [info for info in archive.infolist() if info.filename.endswith('/data.pkl')
-                       and info.filename.count('/') == 1]
-            if len(pickles) != 1:
-                raise CheckpointError(f'cannot read {source} as a PyTorch checkpoint (no single data.pkl in the archive)')
-            if pickles[0].file_size > MAX_PICKLE_BYTES:
-                raise CheckpointError(f'{source}: its pickle takes {pickles[0].file_size} bytes, more than the '
-                                      f'{MAX_PICKLE_BYTES} a state dict needs')
-            data = archive.read(pickles[0])
-    except (zipfile.BadZipFile, EOFError, ValueError) as err:
-        raise CheckpointError(f'cannot read {source} as a PyTorch checkpoint (truncated or not a torch.save zip '
-                              f'file: {unpickle.one_line(err)})') from None
-    except OSError as err:
-        raise CheckpointError(f'cannot read {source}: {err}') from None
-    try:
-        unpickle.scan(data)
-    except unpickle.BadPickleError as err:
-        raise CheckpointError(f'cannot read {source} as a PyTorch checkpoint ({err})') from None
-
-
 def read_listed_state_dict(path_or_url):
     """The state dict in a checkpoint holding a dict of tensors, or a list or tuple whose first
     element is one (TS-DPM's `ckpt[0]`), read with weights_only=True.
@@ -126,7 +131,6 @@ def read_listed_state_dict(path_or_url):
         raise CheckpointError(f'cannot read {path_or_url}: {err}') from None
     if magic == b'PK\x03\x04':
         check_archive(path, path_or_url)
-        _check_archive(path, path_or_url)
         state = _torch_load(path, path_or_url, mmap=True)
     else:  # torch.save's legacy format (before torch 1.6) cannot be mapped
         state = _torch_load(path, path_or_url)
