@@ -9,14 +9,22 @@
    the toolkit's last step into 0, against x_ref(0).
 3. A dynamic programme finds the N levels g_0 = 0 < g_1 < ... < g_{N-1} minimising
    sum_k c(g_k, g_{k+1}) + f(g_{N-1}): it chooses where the schedule ends, too.
-4. The solvers in `SOLVER_CANDIDATES` run on the found levels from the same latents; the one
-   closest (mean squared error) to x_ref(0) is written with the levels.
+4. The solvers in `SOLVER_CANDIDATES` run on the found levels from the same latents; their mean
+   squared errors to x_ref(0) are recorded.
+5. Refinement (on by default): for each solver of `REFINE_CANDIDATES`, coordinate descent on
+   log sigma_1, ..., log sigma_{N-1} (sigma_0 = sigma_max stays) minimises that solver's own
+   error, the mean squared error of its images to x_ref(0), starting from the best of the
+   programme's levels and a few Karras schedules. The DDIM step costs of the programme overrate
+   the error of a higher-order solver's steps (so its schedules end too early or too late for
+   it); the refinement measures the solver that will run. The solver and levels with the
+   smallest error are written.
 
 Deterministic (fixed seeds, no other randomness); resumable: the costs of every finished batch
 of seeds are kept in OUT.work/ (plain .npy arrays) and reused; a tqdm bar shows the progress.
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -25,6 +33,7 @@ import tqdm
 
 import dnnlib
 from safeload.schedule import SCHEDULE_FORMAT, check_schedule
+from safeload.state import StateFileError, read_json
 from samplers import SOLVERS, SamplerOptions, SeedNoise, latents_and_labels, noise_levels, with_zero
 from samplers.denoisers import network_denoiser
 from samplers.solvers import WITH_ORDER
@@ -34,6 +43,13 @@ from .plots import _figure, _save
 
 # (solver, order) tried on the found levels.
 SOLVER_CANDIDATES = (('unipc-bh2', 3), ('unipc-bh1', 3), ('deis', 3), ('dpmpp3m', None), ('dpmpp2m', None), ('ipndm', None))
+# (solver, order) whose levels the refinement fits; Karras sigma_min values it also starts from.
+REFINE_CANDIDATES = (('deis', 3), ('dpmpp2m', None))
+REFINE_STARTS = (0.05, 0.15, 0.3)
+
+
+def _key(solver, order):
+    return solver + (f'-{order}' if order else '')
 
 
 def fine_grid(grid_size, sigma_min, sigma_max, rho=7.0):
@@ -95,13 +111,55 @@ def best_path(costs, ends, num_levels):
     return path[::-1], float(value[last] + ends[last])
 
 
+def refine_levels(error, levels, *, sweeps=4, step=0.4, lowest=0.0, on_evaluation=None):
+    """Coordinate descent on the logs of levels[1:] (levels[0] stays) minimising error(levels).
+
+    Each sweep takes every level in turn and moves its log by +step while that lowers the error,
+    or else by -step while that does; a move must keep the levels strictly decreasing and above
+    `lowest`, and `error` returns None for levels it refuses. The step halves after every sweep.
+    Deterministic. Returns (levels, error, evaluations)."""
+    first = float(levels[0])
+    logs = np.log(np.asarray(levels, dtype=np.float64))
+
+    def of(logs):
+        return [first] + [float(v) for v in np.exp(logs[1:])]
+
+    def tried(logs):
+        nonlocal count
+        if not (np.all(np.diff(logs) < 0) and np.exp(logs[-1]) > lowest):
+            return None
+        count += 1
+        if on_evaluation:
+            on_evaluation()
+        return error(of(logs))
+    count = 0
+    best = tried(logs)
+    if best is None:
+        raise ValueError('the starting levels are refused')
+    for _ in range(sweeps):
+        for i in range(1, len(logs)):
+            for move in (step, -step):
+                moved = False
+                while True:
+                    trial = logs.copy()
+                    trial[i] += move
+                    value = tried(trial)
+                    if value is None or not value < best:
+                        break
+                    best, logs, moved = value, trial, True
+                if moved:
+                    break
+        step /= 2
+    return of(logs), best, count
+
+
 def _denoiser(net, labels):
     plain = network_denoiser(net)
     return lambda x, sigma, class_labels=None: plain(x.to(torch.float32), sigma, labels)
 
 
 def search_schedule(net, nfe, seeds, out, *, grid_size=64, substeps=3, sigma_min=0.002, sigma_max=80.0,
-                    max_batch_size=64, device='cpu', progress=True, network=None):
+                    max_batch_size=64, device='cpu', progress=True, network=None, refine=True, sweeps=4):
     """Find the levels and solver for `nfe` evaluations; write the schedule file `out` (JSON),
     its plot `out` + '.png' (when matplotlib is installed) and return the document."""
     if nfe < 2:
@@ -132,19 +190,37 @@ def search_schedule(net, nfe, seeds, out, *, grid_size=64, substeps=3, sigma_min
             bar.update(1)
     path, total = best_path(costs / len(seeds), ends / len(seeds), nfe)
     levels = [float(grid[g]) for g in path]
-    errors = {}
-    with torch.inference_mode():
-        for solver, order in SOLVER_CANDIDATES:
-            kwargs = dict(order=order) if solver in WITH_ORDER else {}
-            sigmas = with_zero(torch.tensor(levels, dtype=torch.float64, device=device))
-            err = sum(float(((SOLVERS[solver](_denoiser(net, labels), latents, sigmas, **kwargs) - final) ** 2).mean(
-                dim=(1, 2, 3)).sum()) for latents, labels, final in draws)
-            errors[f'{solver}' + (f'-{order}' if order else '')] = err / len(seeds)
-    best = min(SOLVER_CANDIDATES, key=lambda so: errors[so[0] + (f'-{so[1]}' if so[1] else '')])
+
+    def error(solver, order, levels):
+        """Mean squared error of the solver's images on `levels` to x_ref(0); None if rounding merges levels."""
+        rounded = net.round_sigma(torch.tensor(levels, dtype=torch.float64, device=device)).to(torch.float64)
+        if not bool((rounded[1:] < rounded[:-1]).all()):
+            return None
+        kwargs = dict(order=order) if solver in WITH_ORDER else {}
+        with torch.inference_mode():
+            return sum(float(((SOLVERS[solver](_denoiser(net, labels), latents, with_zero(rounded), **kwargs) - final) ** 2)
+                             .mean(dim=tuple(range(1, final.ndim))).sum()) for latents, labels, final in draws) / len(seeds)
+
+    errors = {_key(solver, order): error(solver, order, levels) for solver, order in SOLVER_CANDIDATES}
+    best = min(SOLVER_CANDIDATES, key=lambda so: errors[_key(*so)])
+    refined = {}
+    if refine:
+        tag = f'{seeds[0]}-{seeds[-1]}-{len(seeds)}-{grid_size}-{substeps}-{sigma_min:g}-{sigma_max:g}-{nfe}-{sweeps}'
+        with tqdm.tqdm(unit='eval', disable=not progress, leave=False, desc='refine') as bar:
+            for solver, order in REFINE_CANDIDATES:
+                refined[_key(solver, order)] = _refine(lambda lv: error(solver, order, lv), levels, nfe, sigma_min,
+                                                       sigma_max, sweeps, os.path.join(work, f'refine-{tag}-{_key(solver, order)}.json'),
+                                                       bar)
+        top = min(REFINE_CANDIDATES, key=lambda so: refined[_key(*so)]['mse'])
+        if refined[_key(*top)]['mse'] < errors[_key(*best)]:
+            best, levels = top, refined[_key(*top)]['levels']
+    levels = [float(v) for v in net.round_sigma(torch.tensor(levels, dtype=torch.float64)).to(torch.float64)]
+    method = 'GITS-style dynamic programme over DDIM step errors' + (
+        ', then coordinate descent of each solver\'s own error to the reference images' if refine else '')
     doc = dict(format=SCHEDULE_FORMAT, nfe=nfe, solver=best[0], order=best[1], levels=levels,
-               search=dict(method='GITS-style dynamic programme over DDIM step errors', network=network,
-                           seeds=[seeds[0], seeds[-1], len(seeds)], grid_size=grid_size, substeps=substeps,
-                           sigma_min=sigma_min, sigma_max=sigma_max, path_cost=total, solver_mse=errors))
+               search=dict(method=method, network=network, seeds=[seeds[0], seeds[-1], len(seeds)], grid_size=grid_size,
+                           substeps=substeps, sigma_min=sigma_min, sigma_max=sigma_max, path_cost=total,
+                           path_levels=[float(grid[g]) for g in path], solver_mse=errors, refined=refined))
     check_schedule(doc, out)
     SamplerOptions(solver=best[0], order=best[1] if best[0] in WITH_ORDER else None, num_steps=nfe,
                    levels=tuple(levels)).check()
@@ -153,6 +229,33 @@ def search_schedule(net, nfe, seeds, out, *, grid_size=64, substeps=3, sigma_min
         f.write('\n')
     doc['plot'] = plot_schedule(levels, sigma_min, sigma_max, out + '.png')
     return doc
+
+
+def _refine(error, path_levels, nfe, sigma_min, sigma_max, sweeps, cache_path, bar):
+    """refine_levels for one solver from the best of the programme's levels and REFINE_STARTS,
+    with every error kept in `cache_path` (JSON, levels -> error) so a stopped search resumes."""
+    cache = {}
+    if os.path.isfile(cache_path):
+        try:
+            cache = read_json(cache_path, kind=dict, max_bytes=1 << 24, label=f'refinement cache {cache_path}')
+        except StateFileError:
+            cache = {}
+        cache = {k: v for k, v in cache.items() if v is None or (isinstance(v, float) and math.isfinite(v))}
+
+    def cached(levels):
+        key = ','.join(repr(float(v)) for v in levels)
+        if key not in cache:
+            cache[key] = error(levels)
+            with dnnlib.util.atomic_write(cache_path, 'w') as f:
+                json.dump(cache, f)
+        return cache[key]
+    starts = [path_levels] + [noise_levels('edm', nfe, max(s, sigma_min), sigma_max, 7).tolist() for s in REFINE_STARTS]
+    scored = [(cached(start), start) for start in starts]
+    start = min((item for item in scored if item[0] is not None), key=lambda item: item[0])[1]
+    bar.update(len(starts))
+    levels, value, _ = refine_levels(cached, start, sweeps=sweeps, lowest=sigma_min * (1 - 1e-9),
+                                     on_evaluation=lambda: bar.update(1))
+    return dict(levels=levels, mse=value, start=start)
 
 
 def plot_schedule(levels, sigma_min, sigma_max, path, default_min=0.002):
@@ -178,5 +281,9 @@ def format_schedule(doc):
     """Lines describing a schedule document."""
     levels = ', '.join(f'{v:.4g}' for v in doc['levels'])
     mse = ', '.join(f'{k} {v:.3g}' for k, v in sorted(doc['search']['solver_mse'].items(), key=lambda kv: kv[1]))
+    refined = doc['search'].get('refined') or {}
+    if refined:
+        mse = f'on the programme\'s levels {mse}; refined ' + ', '.join(
+            f'{k} {v["mse"]:.3g}' for k, v in sorted(refined.items(), key=lambda kv: kv[1]['mse']))
     return (f'{doc["nfe"]} evaluations: levels {levels}, 0\nsolver {doc["solver"]}'
             + (f' order {doc["order"]}' if doc['order'] else '') + f' (mean squared error to the reference: {mse})')

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import exposure
 import generate
-from analysis.schedule import best_path, fine_grid, reference_costs
+from analysis.schedule import best_path, fine_grid, reference_costs, refine_levels
 from networks import edm as networks
 from safeload.schedule import SCHEDULE_FORMAT, ScheduleError, check_schedule, read_schedule
 from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, TimeShift, noise_levels, reference_grid, with_zero
@@ -363,11 +363,27 @@ def test_dynamic_programme_recovers_a_planted_path():
         best_path(costs, ends, 11)
 
 
+def test_refinement_recovers_a_known_optimum():
+    target = [80.0, 9.0, 1.2, 0.31, 0.04]
+
+    def error(levels):
+        assert levels[0] == 80.0 and all(a > b for a, b in zip(levels, levels[1:]))
+        return float(sum((math.log(a) - math.log(b)) ** 2 for a, b in zip(levels, target)))
+    levels, value, count = refine_levels(error, [80.0, 20.0, 5.0, 1.0, 0.2], sweeps=12)
+    assert max(abs(math.log(a / b)) for a, b in zip(levels, target)) < 1e-3 and value < 1e-6
+    assert refine_levels(error, [80.0, 20.0, 5.0, 1.0, 0.2], sweeps=12) == (levels, value, count)  # deterministic
+    # A floor on the last level, and levels an error refuses (None), are respected.
+    floored, _, _ = refine_levels(error, [80.0, 20.0, 5.0, 1.0, 0.2], sweeps=12, lowest=0.1)
+    assert floored[-1] > 0.1 and abs(math.log(floored[3] / 0.31)) < 1e-3
+    capped, _, _ = refine_levels(lambda lv: None if lv[1] < 15 else error(lv), [80.0, 20.0, 5.0, 1.0, 0.2], sweeps=12)
+    assert 15 <= capped[1] < 16
+
+
 def test_schedule_command_is_deterministic_and_resumes(tmp_path):
     path = tmp_path / 'net.pkl'
     with open(path, 'wb') as f:
         pickle.dump(dict(ema=tiny_net(label_dim=3), loss_fn=None), f)
-    args = [f'--network={path}', '--nfe=4', '--seeds=0-3', '--batch=2', '--grid=8', '--substeps=1', '--device=cpu']
+    args = [f'--network={path}', '--nfe=4', '--seeds=0-3', '--batch=2', '--grid=8', '--substeps=1', '--sweeps=2', '--device=cpu']
     first = CliRunner().invoke(exposure.main, ['schedule', *args, f'--out={tmp_path / "a.json"}'])
     assert first.exit_code == 0, first.output
     doc = json.load(open(tmp_path / 'a.json'))
@@ -380,6 +396,23 @@ def test_schedule_command_is_deterministic_and_resumes(tmp_path):
     np.save(costs[0], np.load(costs[0]) * 0)
     CliRunner().invoke(exposure.main, ['schedule', *args, f'--out={tmp_path / "a.json"}'])
     assert json.load(open(tmp_path / 'a.json'))['search']['path_cost'] != doc['search']['path_cost']
+    # The refinement fitted each candidate's levels to its own error, and wrote the best.
+    refined = doc['search']['refined']
+    assert set(refined) == {'deis-3', 'dpmpp2m'} and all(r['mse'] <= doc['search']['solver_mse'][k] for k, r in refined.items())
+    top = min(refined, key=lambda k: refined[k]['mse'])
+    assert doc['solver'] + (f'-{doc["order"]}' if doc['order'] else '') == top and doc['levels'] == refined[top]['levels']
+    # Its errors are kept per solver: a cached error is reused on resume (a lowered one wins).
+    caches = sorted((tmp_path / 'b.json.work').glob('refine-*-dpmpp2m.json'))
+    assert len(caches) == 1
+    cache = json.load(open(caches[0]))
+    key = min(cache, key=lambda k: -1 if cache[k] is None else cache[k])
+    cache = {k: (1e-9 if k == key else v) for k, v in cache.items()}
+    json.dump(cache, open(caches[0], 'w'))
+    CliRunner().invoke(exposure.main, ['schedule', *args, f'--out={tmp_path / "b.json"}'])
+    assert json.load(open(tmp_path / 'b.json'))['search']['refined']['dpmpp2m']['mse'] == 1e-9
+    assert json.load(open(tmp_path / 'b.json'))['solver'] == 'dpmpp2m'
+    assert CliRunner().invoke(exposure.main, ['schedule', *args, '--no-refine', f'--out={tmp_path / "c.json"}']).exit_code == 0
+    assert json.load(open(tmp_path / 'c.json'))['search']['refined'] == {}
     result = CliRunner().invoke(generate.main, [f'--network={path}', f'--outdir={tmp_path / "o"}', '--seeds=0-1', '--device=cpu',
                                                 f'--schedule={tmp_path / "b.json"}'], prog_name='generate.py')
     assert result.exit_code == 0 and '(4 evaluations each)' in result.output, result.output
