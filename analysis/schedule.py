@@ -165,6 +165,8 @@ def search_schedule(net, nfe, seeds, out, *, grid_size=64, substeps=3, sigma_min
     if nfe < 2:
         raise ExposureError(f'--nfe must be at least 2, got {nfe}')
     sigma_min, sigma_max = max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max)
+    if not sigma_min < sigma_max:
+        raise ExposureError(f'--sigma_min={sigma_min:g} must be below the network\'s highest level {sigma_max:g}')
     grid = net.round_sigma(fine_grid(grid_size, sigma_min, sigma_max)).to(torch.float64)
     work = out + '.work'
     os.makedirs(work, exist_ok=True)

@@ -417,6 +417,18 @@ def test_schedule_command_is_deterministic_and_resumes(tmp_path):
                                                 f'--schedule={tmp_path / "b.json"}'], prog_name='generate.py')
     assert result.exit_code == 0 and '(4 evaluations each)' in result.output, result.output
 
+def test_schedule_search_ends_at_sigma_min(tmp_path):
+    path = tmp_path / 'net.pkl'
+    with open(path, 'wb') as f:
+        pickle.dump(dict(ema=tiny_net(label_dim=3), loss_fn=None), f)
+    args = [f'--network={path}', '--nfe=3', '--seeds=0-1', '--grid=6', '--substeps=1', '--sweeps=1', '--device=cpu']
+    result = CliRunner().invoke(exposure.main, ['schedule', *args, '--sigma_min=0.3', f'--out={tmp_path / "s.json"}'])
+    assert result.exit_code == 0, result.output
+    doc = json.load(open(tmp_path / 's.json'))
+    assert min(doc['levels']) >= 0.3 and doc['search']['sigma_min'] == 0.3
+    bad = CliRunner().invoke(exposure.main, ['schedule', *args, '--sigma_min=100', f'--out={tmp_path / "t.json"}'])
+    assert bad.exit_code != 0 and 'must be below' in bad.output and not (tmp_path / 't.json').exists()
+
 #----------------------------------------------------------------------------
 # On an ADM network's respaced grid.
 
