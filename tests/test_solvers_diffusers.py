@@ -70,7 +70,7 @@ def test_unipc_equals_diffusers(grid, order, variant):
     # Every step into a positive level agrees: the last evaluation is at the same state ...
     torch.testing.assert_close(ours, last, **EXACT)
     # ... and diffusers' step into sigma = 0 returns it (bh2). With bh1 that step computes
-    # B(h) * 0 with B(h) = h = -inf in diffusers 0.42.1, which is NaN (docs/solvers.md).
+    # B(h) * 0 with B(h) = -h = -inf (its sign) in diffusers 0.42.1, which is NaN (docs/solvers.md).
     if variant == 'bh2' or bool(torch.isfinite(theirs).all()):
         torch.testing.assert_close(ours, theirs, **EXACT)
 
