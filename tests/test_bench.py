@@ -160,3 +160,12 @@ def test_bench_device_cuda_without_a_gpu_is_one_line(name):
 def test_bench_int_lists_are_checked(name, args):
     result = CliRunner().invoke(load_bench(name).main, args)
     assert result.exit_code == 2 and 'Invalid value' in result.output and 'Traceback' not in result.output
+
+
+def test_bench_unipc_diffusers_compares_both_sides():
+    pytest.importorskip('diffusers')
+    out = invoke('bench_unipc_diffusers', ['--seeds=0', '--steps=5', '--variants=bh1', '--orders=3', '--threads=1'])
+    row = re.search(r'^\s+5\s+unipc-bh1 p=3\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+) of 1024$', out, re.M)
+    assert row, out
+    ours, theirs, difference = (float(v) for v in row.groups()[:3])
+    assert ours > 1 and abs(ours - theirs) < 1e-3 and difference < 1e-4  # diffusers' bh1 image is its last D
