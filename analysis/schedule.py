@@ -10,14 +10,14 @@
 3. A dynamic programme finds the N levels g_0 = 0 < g_1 < ... < g_{N-1} minimising
    sum_k c(g_k, g_{k+1}) + f(g_{N-1}): it chooses where the schedule ends, too.
 4. The solvers in `SOLVER_CANDIDATES` run on the found levels from the same latents; their mean
-   squared errors to x_ref(0) are recorded.
+   squared errors to x_ref(0) are recorded; without refinement the closest is written.
 5. Refinement (on by default): for each solver of `REFINE_CANDIDATES`, coordinate descent on
    log sigma_1, ..., log sigma_{N-1} (sigma_0 = sigma_max stays) minimises that solver's own
    error, the mean squared error of its images to x_ref(0), starting from the best of the
    programme's levels and a few Karras schedules. The DDIM step costs of the programme overrate
    the error of a higher-order solver's steps (so its schedules end too early or too late for
-   it); the refinement measures the solver that will run. The solver and levels with the
-   smallest error are written.
+   it); the refinement measures the solver that will run. The refined solver and levels with
+   the smallest error are written.
 
 Deterministic (fixed seeds, no other randomness); resumable: the costs of every finished batch
 of seeds are kept in OUT.work/ (plain .npy arrays) and reused; a tqdm bar shows the progress.
@@ -213,9 +213,10 @@ def search_schedule(net, nfe, seeds, out, *, grid_size=64, substeps=3, sigma_min
                 refined[_key(solver, order)] = _refine(lambda lv: error(solver, order, lv), levels, nfe, sigma_min,
                                                        sigma_max, sweeps, os.path.join(work, f'refine-{tag}-{_key(solver, order)}.json'),
                                                        bar)
-        top = min(REFINE_CANDIDATES, key=lambda so: refined[_key(*so)]['mse'])
-        if refined[_key(*top)]['mse'] < errors[_key(*best)]:
-            best, levels = top, refined[_key(*top)]['levels']
+        # The refined candidates only: levels fitted to no solver can score a lower error by ending
+        # later, since D at a higher level is a smoother image closer in mean square (not in FD).
+        best = min(REFINE_CANDIDATES, key=lambda so: refined[_key(*so)]['mse'])
+        levels = refined[_key(*best)]['levels']
     levels = [float(v) for v in net.round_sigma(torch.tensor(levels, dtype=torch.float64)).to(torch.float64)]
     method = 'GITS-style dynamic programme over DDIM step errors' + (
         ', then coordinate descent of each solver\'s own error to the reference images' if refine else '')
