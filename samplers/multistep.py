@@ -50,10 +50,11 @@ def _check(name, sigmas, churn, ode):
     return levels
 
 
-def _shifted_level(time_shift, x, sigma, sigma_next, previous):
+def _shifted_level(time_shift, x, sigma, level, level_next, previous):
     """Per-sample sigma'_i [N] of the time shift, kept only below the previous evaluation's level
-    (a window reaching back past it would leave the history without distinct levels)."""
-    shifted = time_shift.shift(x, sigma, sigma_next)
+    (a window reaching back past it would leave the history without distinct levels). `level`,
+    `level_next`: sigma_i (the tensor `sigma`) and sigma_{i+1} as floats."""
+    shifted = time_shift.shift(x, level, level_next)
     return torch.where(shifted < previous, shifted, sigma)
 
 
@@ -86,7 +87,7 @@ def _integrate(name, step, denoiser, latents, sigmas, class_labels, churn, time_
         evaluate = _Evaluator(denoisers.at_step(denoiser, i), class_labels)
         sigma = sigmas[i]
         if time_shift is not None and time_shift.active(i, levels[i]):
-            sigma = _shifted_level(time_shift, x, sigma, levels[i + 1], previous)
+            sigma = _shifted_level(time_shift, x, sigma, levels[i], levels[i + 1], previous)
         if i == num_steps - 1:
             return evaluate.denoised(x, sigma)  # the step into sigma = 0
         x = step(evaluate, x, sigma, sigmas[i + 1], i, num_steps, history, round_sigma)
