@@ -212,55 +212,114 @@ def _ipndm_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sig
 # Stochastic samplers, as k-diffusion defines them (eta = 1, s_noise = 1).
 
 
-def ancestral_levels(sigma, sigma_next, eta=1.0):
+def _same(fn):
+    return fn
+
+
+def _one_level_at_a_time(fn):
+    """fn applied to each element of a 1-d tensor as a 0-dim tensor, as a step computes it."""
+    return lambda v: torch.stack([fn(level) for level in v.unbind(0)])
+
+
+class _StepScalars:
+    """The scalars of every step of a schedule that starts at a scheduled level, computed at the
+    first request for all steps at once: `scalars(sigma, sigma_next, per_level)` on the [S]
+    tensors of the steps' levels, instead of a dozen tiny tensor operations per step. Its
+    transcendental functions go through per_level, which applies them to one level at a time as
+    the per-step call (per_level = _same on 0-dim levels) does, and the rest is exact elementwise
+    arithmetic, so the values are the per-step ones bit for bit. Item i: a tuple of 0-dim tensors."""
+
+    def __init__(self, sigmas, scalars):
+        self.sigmas, self.scalars = sigmas, scalars
+        self.steps = None
+
+    def __getitem__(self, i):
+        if self.steps is None:
+            sigmas = self.sigmas.to(torch.float64)
+            columns = self.scalars(sigmas[:-2], sigmas[1:-1], _one_level_at_a_time)  # the steps into positive levels
+            self.steps = list(zip(*(c.unbind(0) for c in columns)))
+        return self.steps[i]
+
+
+def ancestral_levels(sigma, sigma_next, eta=1.0, sqrt=torch.sqrt):
     """(sigma_down, sigma_up): the deterministic step goes to sigma_down, then noise of std
     sigma_up brings the level back to sigma_next (k-diffusion's get_ancestral_step)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     sigma_next = torch.as_tensor(sigma_next, dtype=torch.float64)
-    sigma_up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2).sqrt())
-    return (sigma_next ** 2 - sigma_up ** 2).sqrt(), sigma_up
+    sigma_up = torch.minimum(sigma_next, eta * sqrt(sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2))
+    return sqrt(sigma_next ** 2 - sigma_up ** 2), sigma_up
 
 
-def _euler_ancestral_step(randn_like):
+def _euler_ancestral_scalars(sigma, sigma_next, per_level=_same):
+    """(sigma_down - sigma, sigma_up)."""
+    sigma_down, sigma_up = ancestral_levels(sigma, sigma_next, sqrt=per_level(torch.sqrt))
+    return sigma_down - sigma, sigma_up
+
+
+def _euler_ancestral_step(randn_like, scalars):
     def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
         d = evaluate.eps(x, sigma)
-        sigma_down, sigma_up = ancestral_levels(sigma, sigma_next)
-        x = x + per_sample(sigma_down - sigma) * d
-        return x + per_sample(sigma_up) * randn_like(x)
+        down, up = scalars[i] if sigma.ndim == 0 else _euler_ancestral_scalars(sigma, sigma_next)
+        x = x + per_sample(down) * d
+        return x + per_sample(up) * randn_like(x)
     return step
 
 
-def _dpmpp_sde_step(randn_like, r=0.5):
+def _dpmpp_sde_scalars(round_sigma, r=0.5):
+    """scalars(sigma, sigma_next, per_level) of DPM-Solver++ SDE's step: sigma_s, then the
+    (x, D) factors and the noise std of each of its two stages."""
+    def scalars(sigma, sigma_next, per_level=_same):
+        log, expm1, sqrt = per_level(torch.log), per_level(torch.expm1), per_level(torch.sqrt)
+        lam, lam_next = -log(sigma), -log(sigma_next)
+        h = lam_next - lam
+        sigma_s = per_level(lambda v: round_sigma(torch.exp(v)).to(torch.float64))(-(lam + r * h))
+        stages = []
+        for target in (sigma_s, sigma_next):
+            sigma_down, sigma_up = ancestral_levels(sigma, target, sqrt=sqrt)
+            stages += [sigma_down / sigma, expm1(lam - -log(sigma_down)), sigma_up]
+        return (sigma_s, *stages)
+    return scalars
+
+
+def _dpmpp_sde_step(randn_like, r, scalars, scheduled):
     def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
         # DPM-Solver++(2S) with ancestral noise in both stages (k-diffusion's sample_dpmpp_sde).
         denoised = evaluate.denoised(x, sigma)
-        lam, lam_next = _lam(sigma), _lam(sigma_next)
-        h = lam_next - lam
-        sigma_s = round_sigma(torch.exp(-(lam + r * h))).to(torch.float64)
-        sigma_down, sigma_up = ancestral_levels(sigma, sigma_s)
-        x_2 = per_sample(sigma_down / sigma) * x - per_sample(torch.expm1(lam - _lam(sigma_down))) * denoised
-        x_2 = x_2 + per_sample(sigma_up) * randn_like(x)
-        denoised_2 = evaluate.denoised(x_2, sigma_s)
-        sigma_down, sigma_up = ancestral_levels(sigma, sigma_next)
+        sigma_s, x_1, d_1, up_1, x_2, d_2, up_2 = scheduled[i] if sigma.ndim == 0 else scalars(sigma, sigma_next)
+        x_s = per_sample(x_1) * x - per_sample(d_1) * denoised
+        x_s = x_s + per_sample(up_1) * randn_like(x)
+        denoised_2 = evaluate.denoised(x_s, sigma_s)
         fac = 1 / (2 * r)
         d = (1 - fac) * denoised + fac * denoised_2
-        x = per_sample(sigma_down / sigma) * x - per_sample(torch.expm1(lam - _lam(sigma_down))) * d
-        return x + per_sample(sigma_up) * randn_like(x)
+        x = per_sample(x_2) * x - per_sample(d_2) * d
+        return x + per_sample(up_2) * randn_like(x)
     return step
 
 
-def _dpmpp2m_sde_step(randn_like, eta=1.0):
+def _dpmpp2m_sde_scalars(eta):
+    """scalars(sigma, sigma_next, per_level) of DPM-Solver++(2M) SDE's step: h, the (x, D)
+    factors, e^{-h - eta h} - 1 and the noise std."""
+    def scalars(sigma, sigma_next, per_level=_same):
+        log, exp, expm1 = per_level(torch.log), per_level(torch.exp), per_level(torch.expm1)
+        h = -log(sigma_next) - -log(sigma)
+        eta_h = eta * h
+        phi = expm1(-h - eta_h)
+        noise = sigma_next * per_level(torch.sqrt)(-expm1(-2 * eta_h))
+        return h, sigma_next / sigma * exp(-eta_h), phi, noise
+    return scalars
+
+
+def _dpmpp2m_sde_step(randn_like, scalars, scheduled):
     def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
         # DPM-Solver++(2M) SDE, midpoint form (k-diffusion's sample_dpmpp_2m_sde).
         denoised = evaluate.denoised(x, sigma)
-        h = _lam(sigma_next) - _lam(sigma)
-        eta_h = eta * h
-        x = per_sample(sigma_next / sigma * torch.exp(-eta_h)) * x - per_sample(torch.expm1(-h - eta_h)) * denoised
+        h, scale, phi, noise = scheduled[i] if sigma.ndim == 0 else scalars(sigma, sigma_next)
+        x = per_sample(scale) * x - per_sample(phi) * denoised
         if history:
             h_last, denoised_last = history[-1]
-            x = x - per_sample(0.5 * torch.expm1(-h - eta_h) * h / h_last) * (denoised - denoised_last)
+            x = x - per_sample(0.5 * phi * h / h_last) * (denoised - denoised_last)
         history[:] = [(h, denoised)]
-        return x + per_sample(sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()) * randn_like(x)
+        return x + per_sample(noise) * randn_like(x)
     return step
 
 #----------------------------------------------------------------------------
@@ -307,7 +366,8 @@ def sample_ipndm(denoiser, latents, sigmas, randn_like=torch.randn_like, class_l
 def sample_euler_ancestral(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
                            churn=None, time_shift=None, ode=None):
     """Images (float64) by Euler ancestral sampling; N evaluations and N - 1 noise draws for N steps."""
-    return _integrate('euler_a', _euler_ancestral_step(randn_like), denoiser, latents, sigmas, class_labels,
+    scheduled = _StepScalars(sigmas, _euler_ancestral_scalars)
+    return _integrate('euler_a', _euler_ancestral_step(randn_like, scheduled), denoiser, latents, sigmas, class_labels,
                       churn, time_shift, ode)
 
 
@@ -315,15 +375,18 @@ def sample_dpmpp_sde(denoiser, latents, sigmas, randn_like=torch.randn_like, cla
                      churn=None, time_shift=None, ode=None):
     """Images (float64) by DPM-Solver++ SDE (two stages a step, the second at sqrt(sigma_i sigma_{i+1}));
     2N - 1 evaluations for N steps."""
-    return _integrate('dpmpp-sde', _dpmpp_sde_step(randn_like), denoiser, latents, sigmas, class_labels,
-                      churn, time_shift, ode)
+    r = 0.5
+    scalars = _dpmpp_sde_scalars(torch.as_tensor if churn is None else churn.round_sigma, r)  # _integrate's round_sigma
+    return _integrate('dpmpp-sde', _dpmpp_sde_step(randn_like, r, scalars, _StepScalars(sigmas, scalars)), denoiser,
+                      latents, sigmas, class_labels, churn, time_shift, ode)
 
 
 def sample_dpmpp2m_sde(denoiser, latents, sigmas, randn_like=torch.randn_like, class_labels=None, *,
                        churn=None, time_shift=None, ode=None):
     """Images (float64) by DPM-Solver++(2M) SDE (midpoint form, eta = 1); N evaluations for N steps."""
-    return _integrate('dpmpp2m-sde', _dpmpp2m_sde_step(randn_like), denoiser, latents, sigmas, class_labels,
-                      churn, time_shift, ode)
+    scalars = _dpmpp2m_sde_scalars(eta=1.0)
+    return _integrate('dpmpp2m-sde', _dpmpp2m_sde_step(randn_like, scalars, _StepScalars(sigmas, scalars)), denoiser,
+                      latents, sigmas, class_labels, churn, time_shift, ode)
 
 
 def _order(order):

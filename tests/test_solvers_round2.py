@@ -110,6 +110,20 @@ def test_unipc_plan_has_the_per_step_weights_bit_for_bit(variant):
             assert [float(v).hex() for v in got] == [float(v).hex() for v in expected], (order, num_steps, j)
 
 
+def test_step_scalars_are_the_per_step_values_bit_for_bit():
+    # The stochastic samplers' per-step scalars, computed once for all steps (_StepScalars), must
+    # equal what each step computes on its 0-dim levels, to the last bit.
+    to_float32 = lambda sigma: torch.as_tensor(sigma).to(torch.float32)  # noqa: E731  (a rounding round_sigma)
+    functions = [fewstep._euler_ancestral_scalars, fewstep._dpmpp_sde_scalars(torch.as_tensor),
+                 fewstep._dpmpp_sde_scalars(to_float32), fewstep._dpmpp2m_sde_scalars(eta=1.0)]
+    uniform = with_zero(torch.linspace(3.0, 0.1, 7, dtype=torch.float64))
+    for scalars, sigmas in itertools.product(functions, (edm_sigmas(4), edm_sigmas(18), uniform)):
+        table = fewstep._StepScalars(sigmas, scalars)
+        for i in range(len(sigmas) - 2):
+            expected = scalars(sigmas[i], sigmas[i + 1])
+            assert [float(v).hex() for v in table[i]] == [float(v).hex() for v in expected], (scalars, i)
+
+
 def test_stochastic_samplers_sample_the_data_distribution():
     # Gaussian data: after many steps, samples have the data's per-channel mean and std (Euler
     # ancestral is weakly first order: its std is 6% low at 96 steps, 2% at 192).
