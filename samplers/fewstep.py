@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .multistep import _integrate, _lam
+from .multistep import _integrate, _lam, _same, _StepScalars
 from .schedules import per_sample
 
 UNIPC_VARIANTS = ('bh1', 'bh2')
@@ -210,35 +210,6 @@ def _ipndm_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sig
 
 #----------------------------------------------------------------------------
 # Stochastic samplers, as k-diffusion defines them (eta = 1, s_noise = 1).
-
-
-def _same(fn):
-    return fn
-
-
-def _one_level_at_a_time(fn):
-    """fn applied to each element of a 1-d tensor as a 0-dim tensor, as a step computes it."""
-    return lambda v: torch.stack([fn(level) for level in v.unbind(0)])
-
-
-class _StepScalars:
-    """The scalars of every step of a schedule that starts at a scheduled level, computed at the
-    first request for all steps at once: `scalars(sigma, sigma_next, per_level)` on the [S]
-    tensors of the steps' levels, instead of a dozen tiny tensor operations per step. Its
-    transcendental functions go through per_level, which applies them to one level at a time as
-    the per-step call (per_level = _same on 0-dim levels) does, and the rest is exact elementwise
-    arithmetic, so the values are the per-step ones bit for bit. Item i: a tuple of 0-dim tensors."""
-
-    def __init__(self, sigmas, scalars):
-        self.sigmas, self.scalars = sigmas, scalars
-        self.steps = None
-
-    def __getitem__(self, i):
-        if self.steps is None:
-            sigmas = self.sigmas.to(torch.float64)
-            columns = self.scalars(sigmas[:-2], sigmas[1:-1], _one_level_at_a_time)  # the steps into positive levels
-            self.steps = list(zip(*(c.unbind(0) for c in columns)))
-        return self.steps[i]
 
 
 def ancestral_levels(sigma, sigma_next, eta=1.0, sqrt=torch.sqrt):
