@@ -43,14 +43,14 @@ def _unipc_coefficients(h, h_phi_1, ratios, order, variant, corrector):
     if size <= 1:
         return b_h, [0.5] * size
     h_phi_k = h_phi_1 / hh - 1
+    b = [h_phi_k / b_h]  # k = 1, (k-1)! = 1
     factorial = 1
-    rows, b = [], []
-    for k in range(1, size + 1):
-        rows.append(torch.stack([r ** (k - 1) for r in ratios[:size]], dim=-1))
-        b.append(h_phi_k * factorial / b_h)
-        factorial *= k + 1
+    for k in range(2, size + 1):
+        factorial *= k
         h_phi_k = h_phi_k / hh - 1 / factorial
-    R = torch.stack(rows, dim=-2)
+        b.append(h_phi_k * factorial / b_h)
+    r = torch.stack(ratios[:size], dim=-1)
+    R = torch.stack([torch.ones_like(r), r, r * r][:size], dim=-2)  # rows r^0, r^1, r^2 (what r ** k gives)
     return b_h, list(torch.linalg.solve(R, torch.stack(b, dim=-1).expand(R.shape[:-1])).unbind(-1))
 
 

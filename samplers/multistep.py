@@ -261,6 +261,12 @@ def _gauss_legendre(n, device):
     return tuple(torch.as_tensor(a, dtype=torch.float64, device=device) for a in np.polynomial.legendre.leggauss(n))
 
 
+@functools.lru_cache(maxsize=8)
+def _other_nodes(k, device):
+    """[k, k - 1]: row j lists the node indices m != j."""
+    return torch.tensor([[m for m in range(k) if m != j] for j in range(k)], device=device)
+
+
 def deis_coefficients(sigma, sigma_next, nodes):
     """[C_j] for the Lagrange basis on the times `nodes` (newest first), each of sigma's shape."""
     if len(nodes) == 1:
@@ -269,8 +275,7 @@ def deis_coefficients(sigma, sigma_next, nodes):
     half = 0.5 * (sigma_next - sigma)
     t = vp_time((0.5 * (sigma + sigma_next))[..., None] + half[..., None] * xi)  # [..., Q]
     t_nodes = torch.stack(torch.broadcast_tensors(*nodes))[..., None]            # [k, ..., 1]
-    k = len(nodes)
-    others = torch.tensor([[m for m in range(k) if m != j] for j in range(k)], device=t.device)  # [k, k - 1]
+    others = _other_nodes(len(nodes), t.device)                                   # [k, k - 1]
     # l_j(t) = prod_{m != j} (t - t_m) / (t_j - t_m), all j at once.
     numerators = (t - t_nodes)[others].prod(dim=1)                                # [k, ..., Q]
     denominators = (t_nodes[:, None] - t_nodes[others]).prod(dim=1)              # [k, ..., 1]

@@ -27,8 +27,8 @@ class TimeShiftError(ValueError):
 def nearest_candidate(v, expected, usable):
     """Per sample, the index [N] of the usable candidate whose expected variance ([K] or [N, K])
     is closest to the sample's variance v [N]; ties go to the lower index."""
-    cost = (v[:, None] - expected.expand(len(v), -1)).abs()
-    return cost.masked_fill(~usable.expand(len(v), -1), float('inf')).argmin(dim=1)
+    cost = (v[:, None] - expected).abs()  # [N, K]
+    return cost.masked_fill_(~usable, float('inf')).argmin(dim=1)
 
 
 def pixel_variance(x):
@@ -64,7 +64,7 @@ def candidates(grid, sigma_hat, sigma_next, window, signal_var):
 
 def choose(x, levels, expected, usable):
     """Per-sample level [N] among a step's `candidates` for unscaled states x [N, C, H, W]."""
-    return levels[nearest_candidate(pixel_variance(x), expected[None, :], usable[None, :])]
+    return levels[nearest_candidate(pixel_variance(x), expected, usable)]
 
 
 def select_sigma(x, sigma_hat, sigma_next, grid, window, signal_var):
