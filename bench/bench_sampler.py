@@ -63,6 +63,7 @@ VARIANTS = [
     ('deis ES', dict(solver='deis', eps_scaler=1.005)),
     ('dpmpp2m TS', dict(solver='dpmpp2m', ts_window=5)),
     ('deis TS', dict(solver='deis', ts_window=5)),
+    ('unipc-bh1', dict(solver='unipc-bh1')),
     ('unipc-bh2', dict(solver='unipc-bh2')),
     ('unipc-bh2 TS', dict(solver='unipc-bh2', ts_window=5)),
     ('dpmpp3m', dict(solver='dpmpp3m')),

@@ -50,11 +50,41 @@ def _check(name, sigmas, churn, ode):
     return levels
 
 
-def _shifted_level(time_shift, x, sigma, sigma_next, previous):
+def _shifted_level(time_shift, x, sigma, level, level_next, previous):
     """Per-sample sigma'_i [N] of the time shift, kept only below the previous evaluation's level
-    (a window reaching back past it would leave the history without distinct levels)."""
-    shifted = time_shift.shift(x, sigma, sigma_next)
+    (a window reaching back past it would leave the history without distinct levels). `level`,
+    `level_next`: sigma_i (the tensor `sigma`) and sigma_{i+1} as floats."""
+    shifted = time_shift.shift(x, level, level_next)
     return torch.where(shifted < previous, shifted, sigma)
+
+
+def _same(fn):
+    return fn
+
+
+def _one_level_at_a_time(fn):
+    """fn applied to each element of a 1-d tensor as a 0-dim tensor, as a step computes it."""
+    return lambda v: torch.stack([fn(level) for level in v.unbind(0)])
+
+
+class _StepScalars:
+    """The scalars of every step of a schedule that starts at a scheduled level, computed at the
+    first request for all steps at once: `scalars(sigma, sigma_next, per_level)` on the [S]
+    tensors of the steps' levels, instead of a dozen tiny tensor operations per step. Its
+    transcendental functions go through per_level, which applies them to one level at a time as
+    the per-step call (per_level = _same on 0-dim levels) does, and the rest is exact elementwise
+    arithmetic, so the values are the per-step ones bit for bit. Item i: a tuple of 0-dim tensors."""
+
+    def __init__(self, sigmas, scalars):
+        self.sigmas, self.scalars = sigmas, scalars
+        self.steps = None
+
+    def __getitem__(self, i):
+        if self.steps is None:
+            sigmas = self.sigmas.to(torch.float64)
+            columns = self.scalars(sigmas[:-2], sigmas[1:-1], _one_level_at_a_time)  # the steps into positive levels
+            self.steps = list(zip(*(c.unbind(0) for c in columns)))
+        return self.steps[i]
 
 
 class _Evaluator:
@@ -86,7 +116,7 @@ def _integrate(name, step, denoiser, latents, sigmas, class_labels, churn, time_
         evaluate = _Evaluator(denoisers.at_step(denoiser, i), class_labels)
         sigma = sigmas[i]
         if time_shift is not None and time_shift.active(i, levels[i]):
-            sigma = _shifted_level(time_shift, x, sigma, levels[i + 1], previous)
+            sigma = _shifted_level(time_shift, x, sigma, levels[i], levels[i + 1], previous)
         if i == num_steps - 1:
             return evaluate.denoised(x, sigma)  # the step into sigma = 0
         x = step(evaluate, x, sigma, sigmas[i + 1], i, num_steps, history, round_sigma)
@@ -215,15 +245,26 @@ def _dpmpp2m_step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_s
 # C_ij = integral from sigma_i to sigma_{i+1} of l_j(t(sigma)) dsigma (l_j: Lagrange basis).
 
 
-def vp_time(sigma):
-    """t(sigma) of the VP SDE with beta(t) = 0.1 + 19.9 t, DEIS's and DDPM's linear schedule."""
-    return _VP_TIME.sigma_inv(sigma)
+def vp_time(sigma, per_level=None):
+    """t(sigma) of the VP SDE with beta(t) = 0.1 + 19.9 t, DEIS's and DDPM's linear schedule.
+    `per_level` (see _one_level_at_a_time): how its logarithm and square root are applied."""
+    if per_level is None:
+        return _VP_TIME.sigma_inv(sigma)
+    beta_d, beta_min = _VP_TIME.beta_d, _VP_TIME.beta_min
+    # VPSchedule.sigma_inv, operation by operation.
+    return (per_level(torch.sqrt)(beta_min ** 2 + 2 * beta_d * per_level(torch.log)(sigma ** 2 + 1)) - beta_min) / beta_d
 
 
 @functools.lru_cache(maxsize=8)
 def _gauss_legendre(n, device):
     """Nodes and weights of n-point Gauss-Legendre quadrature on [-1, 1], float64 on `device`."""
     return tuple(torch.as_tensor(a, dtype=torch.float64, device=device) for a in np.polynomial.legendre.leggauss(n))
+
+
+@functools.lru_cache(maxsize=8)
+def _other_nodes(k, device):
+    """[k, k - 1]: row j lists the node indices m != j."""
+    return torch.tensor([[m for m in range(k) if m != j] for j in range(k)], device=device)
 
 
 def deis_coefficients(sigma, sigma_next, nodes):
@@ -234,20 +275,55 @@ def deis_coefficients(sigma, sigma_next, nodes):
     half = 0.5 * (sigma_next - sigma)
     t = vp_time((0.5 * (sigma + sigma_next))[..., None] + half[..., None] * xi)  # [..., Q]
     t_nodes = torch.stack(torch.broadcast_tensors(*nodes))[..., None]            # [k, ..., 1]
-    k = len(nodes)
-    others = torch.tensor([[m for m in range(k) if m != j] for j in range(k)], device=t.device)  # [k, k - 1]
+    others = _other_nodes(len(nodes), t.device)                                   # [k, k - 1]
     # l_j(t) = prod_{m != j} (t - t_m) / (t_j - t_m), all j at once.
     numerators = (t - t_nodes)[others].prod(dim=1)                                # [k, ..., Q]
     denominators = (t_nodes[:, None] - t_nodes[others]).prod(dim=1)              # [k, ..., 1]
     return list((numerators / denominators * w).sum(dim=-1) * half)
 
 
-def _deis_step(order):
+class _DEISPlan:
+    """The coefficients C_ij of every step from a scheduled level with scheduled levels in its
+    history, computed at the first request for all steps at once: deis_coefficients on the [S]
+    tensors of the steps with the same number of nodes (the quadrature of all of them in one
+    [S, Q] tensor), instead of some twenty small tensor operations per step. The node times are
+    taken one level at a time, as the steps take them, and the quadrature's elementwise
+    operations and sums run on rows of the same length, so the coefficients are the per-step
+    ones bit for bit."""
+
+    def __init__(self, sigmas, order):
+        self.sigmas, self.order = sigmas, order
+        self.steps = None
+
+    def __getitem__(self, i):
+        if self.steps is None:
+            self.steps = self._compute()
+        return self.steps[i]
+
+    def _compute(self):
+        sigmas = self.sigmas.to(torch.float64)
+        num_steps = len(sigmas) - 1
+        t = vp_time(sigmas[:-1], _one_level_at_a_time)
+        counts = [min(self.order, i + 1) for i in range(num_steps - 1)]
+        steps = [None] * len(counts)
+        for k in sorted(set(counts)):
+            js = [j for j, count in enumerate(counts) if count == k]
+            index = torch.tensor(js, device=sigmas.device)
+            coefficients = deis_coefficients(sigmas[index], sigmas[index + 1], [t[index - m] for m in range(k)])
+            for j, row in zip(js, zip(*(c.unbind(0) for c in coefficients))):
+                steps[j] = list(row)
+        return steps
+
+
+def _deis_step(order, plan):
     def step(evaluate, x, sigma, sigma_next, i, num_steps, history, round_sigma):
         history[:] = history[-(order - 1):] if order > 1 else []
         history.append((vp_time(sigma), evaluate.eps(x, sigma)))
         recent = history[::-1]  # newest first
-        coefficients = deis_coefficients(sigma, sigma_next, [t for t, _ in recent])
+        if all(t.ndim == 0 for t, _ in recent):  # scheduled levels only
+            coefficients = plan[i]
+        else:
+            coefficients = deis_coefficients(sigma, sigma_next, [t for t, _ in recent])
         for c, (_, eps) in zip(coefficients, recent):
             x = x + per_sample(c) * eps
         return x
@@ -310,7 +386,8 @@ def sample_deis(denoiser, latents, sigmas, randn_like=torch.randn_like, class_la
                 churn=None, time_shift=None, ode=None, order=3):
     """Images (float64) by DEIS tAB of convergence order `order` (DEIS's tAB{order-1}: a
     polynomial of degree order - 1 in t); N evaluations for N steps."""
-    return _integrate('deis', _deis_step(_order(order)), denoiser, latents, sigmas, class_labels,
+    order = _order(order)
+    return _integrate('deis', _deis_step(order, _DEISPlan(sigmas, order)), denoiser, latents, sigmas, class_labels,
                       churn, time_shift, ode)
 
 

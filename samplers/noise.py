@@ -22,7 +22,12 @@ class SeedNoise:
         """Standard normal [len(seeds), *size[1:]]."""
         self._check(size)
         device = self.device if device is None else device
-        return torch.stack([torch.randn(size[1:], generator=g, dtype=dtype, device=device) for g in self.generators])
+        # Each row filled in place by its own generator: the numbers torch.randn(size[1:],
+        # generator=g) gives (randn is empty + normal_), without a tensor per row and a stack.
+        out = torch.empty(size, dtype=dtype, device=device)
+        for row, generator in zip(out.unbind(0), self.generators):
+            row.normal_(generator=generator)
+        return out
 
     def randn_like(self, x):
         return self.randn(x.shape, dtype=x.dtype, device=x.device)

@@ -27,8 +27,8 @@ class TimeShiftError(ValueError):
 def nearest_candidate(v, expected, usable):
     """Per sample, the index [N] of the usable candidate whose expected variance ([K] or [N, K])
     is closest to the sample's variance v [N]; ties go to the lower index."""
-    cost = (v[:, None] - expected.expand(len(v), -1)).abs()
-    return cost.masked_fill(~usable.expand(len(v), -1), float('inf')).argmin(dim=1)
+    cost = (v[:, None] - expected).abs()  # [N, K]
+    return cost.masked_fill_(~usable, float('inf')).argmin(dim=1)
 
 
 def pixel_variance(x):
@@ -55,14 +55,25 @@ def candidate_levels(grid, sigma_hat, sigma_next, window):
     return torch.cat([sigma_hat, levels]), torch.cat([torch.ones_like(usable[:1]), usable])
 
 
+def candidates(grid, sigma_hat, sigma_next, window, signal_var):
+    """(levels [K], expected variances [K], usable [K]) of one step's candidates (candidate_levels):
+    what select_sigma compares the samples with, which depends on the step only."""
+    levels, usable = candidate_levels(grid, sigma_hat, sigma_next, window)
+    return levels, signal_var + levels ** 2, usable
+
+
+def choose(x, levels, expected, usable):
+    """Per-sample level [N] among a step's `candidates` for unscaled states x [N, C, H, W]."""
+    return levels[nearest_candidate(pixel_variance(x), expected, usable)]
+
+
 def select_sigma(x, sigma_hat, sigma_next, grid, window, signal_var):
     """Per-sample shifted levels sigma' [N] for unscaled states x [N, C, H, W] at sigma_hat.
 
     sigma' minimises |v - (signal_var + sigma'^2)| over the candidates, v being each
     sample's unbiased pixel variance; ties go to sigma_hat, then to the higher level.
     """
-    levels, usable = candidate_levels(grid, sigma_hat, sigma_next, window)
-    return levels[nearest_candidate(pixel_variance(x), signal_var + levels[None, :] ** 2, usable[None, :])]
+    return choose(x, *candidates(grid, sigma_hat, sigma_next, window, signal_var))
 
 
 class TimeShift:
@@ -77,14 +88,22 @@ class TimeShift:
         self.window = int(window)
         self.cutoff = float(cutoff)
         self.signal_var = float(signal_var)
+        self._steps = {}  # (sigma_hat, sigma_next, device) -> the step's candidates, for float levels
 
     def active(self, i, sigma_i):
         return self.window > 0 and i >= 1 and sigma_i > self.cutoff
 
     def shift(self, x_unscaled, sigma_hat, sigma_next):
-        """sigma' [N] for the unscaled state at sigma_hat."""
-        grid = self.grid.to(x_unscaled.device)
-        return select_sigma(x_unscaled, sigma_hat, sigma_next, grid, self.window, self.signal_var)
+        """sigma' [N] for the unscaled state at sigma_hat. The candidates of a step whose levels
+        are Python floats (a scheduled level) are computed once and kept: every batch sampled
+        with the same schedule reuses them."""
+        device = x_unscaled.device
+        if not (isinstance(sigma_hat, float) and isinstance(sigma_next, float)):
+            return select_sigma(x_unscaled, sigma_hat, sigma_next, self.grid.to(device), self.window, self.signal_var)
+        key = (sigma_hat, sigma_next, device)
+        if key not in self._steps:
+            self._steps[key] = candidates(self.grid.to(device), sigma_hat, sigma_next, self.window, self.signal_var)
+        return choose(x_unscaled, *self._steps[key])
 
 
 class DiscreteTimeShift:

@@ -168,6 +168,19 @@ def test_noise_depends_only_on_the_seed():
     assert torch.equal(SeedNoise([(1 << 32) + 5]).randn([1, 3]), SeedNoise([5]).randn([1, 3]))
 
 
+def test_noise_rows_are_torch_randn_of_each_generator():
+    # Rows of fewer than 16, exactly 16 and an odd number above 16 values (torch's normal
+    # sampler has a scalar path, a vectorised one and a tail), float32 and float64.
+    for shape in ([3, 5], [3, 4, 4], [3, 5, 7]):
+        for dtype in (torch.float32, torch.float64):
+            noise = SeedNoise([2, 9, 4])
+            first, second = noise.randn(shape, dtype=dtype), noise.randn(shape, dtype=dtype)
+            for row, seed in enumerate([2, 9, 4]):
+                gen = torch.Generator().manual_seed(seed)
+                assert torch.equal(first[row], torch.randn(shape[1:], generator=gen, dtype=dtype))
+                assert torch.equal(second[row], torch.randn(shape[1:], generator=gen, dtype=dtype))
+
+
 def test_class_override_keeps_the_draw_order():
     noise_a, noise_b = SeedNoise([4, 5]), SeedNoise([4, 5])
     lat_a, lab_a = latents_and_labels(noise_a, [1, 2, 2], 10)

@@ -5,6 +5,7 @@ k-diffusion's sample_dpmpp_2m, evaluation counts and levels, epsilon scaling and
 and the options through Sampler, generate_images and the command line.
 """
 
+import itertools
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 import generate
 from samplers import (Churn, EpsilonScaling, Sampler, SamplerOptionError, SamplerOptions, TimeShift, at_step,
                       noise_levels, reference_grid, with_zero)
+from samplers import multistep
 from samplers.denoisers import StepDependent
 from samplers.solvers import SOLVERS, evaluations, sample_euler
 from test_samplers import draw, tiny_net
@@ -173,6 +175,20 @@ class StepLog(StepDependent):
             self.last = inner(x, sigma, class_labels)
             return self.last
         return logged
+
+
+def test_deis_plan_has_the_per_step_coefficients_bit_for_bit():
+    # _DEISPlan computes the coefficients of all steps at once ([S, Q] quadrature); they must equal
+    # what each step computes on its 0-dim levels (deis_coefficients, vp_time), to the last bit.
+    levels = with_zero(torch.linspace(3.0, 0.1, 7, dtype=torch.float64))
+    times = multistep.vp_time(levels[:-1], multistep._one_level_at_a_time)
+    assert [float(t) for t in times] == [float(multistep.vp_time(sigma)) for sigma in levels[:-1]]
+    for order, sigmas in itertools.product((1, 2, 3), (edm_sigmas(4), edm_sigmas(18), levels)):
+        plan = multistep._DEISPlan(sigmas, order)
+        for i in range(len(sigmas) - 2):
+            nodes = [multistep.vp_time(sigmas[m]) for m in range(i, max(i - order, -1), -1)]  # newest first
+            expected = multistep.deis_coefficients(sigmas[i], sigmas[i + 1], nodes)
+            assert [float(c).hex() for c in plan[i]] == [float(c).hex() for c in expected], (order, i)
 
 
 @pytest.mark.parametrize('name', NEW)

@@ -23,6 +23,7 @@ from analysis.schedule import best_path, fine_grid, reference_costs, refine_leve
 from networks import edm as networks
 from safeload.schedule import SCHEDULE_FORMAT, ScheduleError, check_schedule, read_schedule
 from samplers import Sampler, SamplerOptionError, SamplerOptions, SeedNoise, TimeShift, noise_levels, reference_grid, with_zero
+from samplers import fewstep
 from samplers import nfe as nfe_rule
 from samplers.fewstep import ancestral_levels
 from samplers.solvers import SOLVERS, STOCHASTIC, evaluations
@@ -84,6 +85,43 @@ def test_unipc_first_order_is_ddim_with_a_trapezoidal_corrector():
     ours = SOLVERS['unipc-bh2'](mix, z, sigmas, order=1)
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(ours, SOLVERS['dpmsolver'](mix, z, sigmas, order=1))  # the corrector acts
+
+
+@pytest.mark.parametrize('variant', fewstep.UNIPC_VARIANTS)
+def test_unipc_plan_has_the_per_step_weights_bit_for_bit(variant):
+    # _UniPCPlan computes every step's weights at once ([S] tensors over the steps, one solve per
+    # order); they must equal what the per-step path computes on 0-dim levels, to the last bit.
+    uniform = with_zero(torch.linspace(3.0, 0.1, 7, dtype=torch.float64))
+    for order, sigmas in itertools.product((1, 2, 3), (edm_sigmas(4), edm_sigmas(18), uniform)):
+        plan = fewstep._UniPCPlan(sigmas, order, variant)
+        num_steps = len(sigmas) - 1
+        for j in range(num_steps - 1):
+            p = min(order, j + 1, num_steps - j)
+            lam = [-torch.log(sigmas[m]) for m in range(j - p + 1, j + 1)]
+            h = -torch.log(sigmas[j + 1]) - lam[-1]
+            ratios = [(lam_k - lam[-1]) / h for lam_k in lam[-2::-1]]
+            h_phi_1 = torch.expm1(-h)
+            b_h, predictor = fewstep._unipc_coefficients(h, h_phi_1, ratios, p, variant, corrector=False)
+            _, corrector = fewstep._unipc_coefficients(h, h_phi_1, ratios, p, variant, corrector=True)
+            weights = plan[j]
+            assert (len(weights.predictor), len(weights.corrector)) == (p - 1, p)
+            expected = [sigmas[j + 1] / sigmas[j], h_phi_1, b_h, *ratios, *predictor, *corrector]
+            got = [weights.scale, weights.h_phi_1, weights.b_h, *weights.ratios, *weights.predictor, *weights.corrector]
+            assert [float(v).hex() for v in got] == [float(v).hex() for v in expected], (order, num_steps, j)
+
+
+def test_step_scalars_are_the_per_step_values_bit_for_bit():
+    # The stochastic samplers' per-step scalars, computed once for all steps (_StepScalars), must
+    # equal what each step computes on its 0-dim levels, to the last bit.
+    to_float32 = lambda sigma: torch.as_tensor(sigma).to(torch.float32)  # noqa: E731  (a rounding round_sigma)
+    functions = [fewstep._euler_ancestral_scalars, fewstep._dpmpp_sde_scalars(torch.as_tensor),
+                 fewstep._dpmpp_sde_scalars(to_float32), fewstep._dpmpp2m_sde_scalars(eta=1.0)]
+    uniform = with_zero(torch.linspace(3.0, 0.1, 7, dtype=torch.float64))
+    for scalars, sigmas in itertools.product(functions, (edm_sigmas(4), edm_sigmas(18), uniform)):
+        table = fewstep._StepScalars(sigmas, scalars)
+        for i in range(len(sigmas) - 2):
+            expected = scalars(sigmas[i], sigmas[i + 1])
+            assert [float(v).hex() for v in table[i]] == [float(v).hex() for v in expected], (scalars, i)
 
 
 def test_stochastic_samplers_sample_the_data_distribution():
