@@ -236,7 +236,7 @@ def sweep(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, 
 @click.option('--out', help='Schedule file to write (JSON; also OUT.png, and OUT.work/ to resume)', metavar='JSON', type=str, required=True)
 @click.option('--grid', 'grid_size', help='Candidate levels (Karras, rho 7, 80 to --sigma_min)', metavar='INT', type=click.IntRange(min=2, max=1000), default=64, show_default=True)
 @click.option('--substeps', help='Reference Heun steps between candidate levels', metavar='INT', type=click.IntRange(min=1, max=100), default=3, show_default=True)
-@click.option('--sigma_min', 'grid_min', help='Lowest candidate level: the reference images are D(x_ref; sigma_min)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=0.002, show_default=True)
+@click.option('--sigma_min', 'grid_min', help='Lowest candidate level: the reference images are D(x_ref; sigma_min)', metavar='FLOAT', type=cli.FloatRange(min=0, min_open=True), default=0.002, show_default=True)
 @click.option('--refine/--no-refine', help='Fit each candidate solver\'s levels to its own error', default=True, show_default=True)
 @click.option('--sweeps', help='Coordinate-descent sweeps of the refinement', metavar='INT', type=click.IntRange(min=1, max=20), default=4, show_default=True)
 def schedule(network, seeds, class_idx, max_batch_size, device, allow_pickle_code, nfe, out, grid_size, substeps, grid_min, refine, sweeps):
