@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .multistep import _integrate, _lam, _same, _StepScalars
+from .multistep import _integrate, _lam, _LazySteps, _same, _StepScalars
 from .schedules import per_sample
 
 UNIPC_VARIANTS = ('bh1', 'bh2')
@@ -66,7 +66,7 @@ class _UniPCWeights:
     corrector: list
 
 
-class _UniPCPlan:
+class _UniPCPlan(_LazySteps):
     """The weights of the update from every scheduled level to the next (orders as _unipc_step
     runs them), computed at the first request for all steps at once: the formulas of
     _unipc_coefficients on [S] tensors of the steps, one batched solve per order, instead of some
@@ -75,13 +75,8 @@ class _UniPCPlan:
     LAPACK solves, so the weights are the ones the per-step code gives, bit for bit."""
 
     def __init__(self, sigmas, order, variant):
-        self.sigmas, self.order, self.variant = sigmas, order, variant
-        self.steps = None
-
-    def __getitem__(self, j):
-        if self.steps is None:
-            self.steps = self._compute()
-        return self.steps[j]
+        super().__init__(sigmas)
+        self.order, self.variant = order, variant
 
     def _compute(self):
         sigmas = self.sigmas.to(torch.float64)

@@ -67,7 +67,21 @@ def _one_level_at_a_time(fn):
     return lambda v: torch.stack([fn(level) for level in v.unbind(0)])
 
 
-class _StepScalars:
+class _LazySteps:
+    """Per-step values of a schedule, computed by `_compute()` for all steps at the first request
+    (item i: step i's values)."""
+
+    def __init__(self, sigmas):
+        self.sigmas = sigmas
+        self.steps = None
+
+    def __getitem__(self, i):
+        if self.steps is None:
+            self.steps = self._compute()
+        return self.steps[i]
+
+
+class _StepScalars(_LazySteps):
     """The scalars of every step of a schedule that starts at a scheduled level, computed at the
     first request for all steps at once: `scalars(sigma, sigma_next, per_level)` on the [S]
     tensors of the steps' levels, instead of a dozen tiny tensor operations per step. Its
@@ -76,15 +90,13 @@ class _StepScalars:
     arithmetic, so the values are the per-step ones bit for bit. Item i: a tuple of 0-dim tensors."""
 
     def __init__(self, sigmas, scalars):
-        self.sigmas, self.scalars = sigmas, scalars
-        self.steps = None
+        super().__init__(sigmas)
+        self.scalars = scalars
 
-    def __getitem__(self, i):
-        if self.steps is None:
-            sigmas = self.sigmas.to(torch.float64)
-            columns = self.scalars(sigmas[:-2], sigmas[1:-1], _one_level_at_a_time)  # the steps into positive levels
-            self.steps = list(zip(*(c.unbind(0) for c in columns)))
-        return self.steps[i]
+    def _compute(self):
+        sigmas = self.sigmas.to(torch.float64)
+        columns = self.scalars(sigmas[:-2], sigmas[1:-1], _one_level_at_a_time)  # the steps into positive levels
+        return list(zip(*(c.unbind(0) for c in columns)))
 
 
 class _Evaluator:
@@ -282,7 +294,7 @@ def deis_coefficients(sigma, sigma_next, nodes):
     return list((numerators / denominators * w).sum(dim=-1) * half)
 
 
-class _DEISPlan:
+class _DEISPlan(_LazySteps):
     """The coefficients C_ij of every step from a scheduled level with scheduled levels in its
     history, computed at the first request for all steps at once: deis_coefficients on the [S]
     tensors of the steps with the same number of nodes (the quadrature of all of them in one
@@ -292,13 +304,8 @@ class _DEISPlan:
     ones bit for bit."""
 
     def __init__(self, sigmas, order):
-        self.sigmas, self.order = sigmas, order
-        self.steps = None
-
-    def __getitem__(self, i):
-        if self.steps is None:
-            self.steps = self._compute()
-        return self.steps[i]
+        super().__init__(sigmas)
+        self.order = order
 
     def _compute(self):
         sigmas = self.sigmas.to(torch.float64)
